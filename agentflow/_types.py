@@ -1,0 +1,170 @@
+"""The values every part of agentflow speaks: messages, requests, completions, usage, and the Model protocol.
+
+A `Model` is anything with a `name` and `async complete(ChatRequest) -> Completion`: the HTTP client,
+the router, a budgeted or cached model, and the scripted fakes in `agentflow.testing` all are.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel
+
+__all__ = [
+    "ChatRequest",
+    "ChoiceOutput",
+    "Completion",
+    "JsonOutput",
+    "Message",
+    "Model",
+    "OutputSpec",
+    "RegexOutput",
+    "Role",
+    "TokenLogprob",
+    "Usage",
+]
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: Role
+    content: str
+
+    @staticmethod
+    def system(content: str) -> Message:
+        return Message("system", content)
+
+    @staticmethod
+    def user(content: str) -> Message:
+        return Message("user", content)
+
+    @staticmethod
+    def assistant(content: str) -> Message:
+        return Message("assistant", content)
+
+
+# --- output constraints --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JsonOutput:
+    """Constrain the output to JSON matching `schema`; `model`, when given, validates and builds the value."""
+
+    schema: dict[str, Any]
+    model: type[BaseModel] | None = None
+
+    @staticmethod
+    def of(model: type[BaseModel]) -> JsonOutput:
+        return JsonOutput(schema=model.model_json_schema(), model=model)
+
+
+@dataclass(frozen=True, slots=True)
+class RegexOutput:
+    """Constrain the output to a full match of `pattern`."""
+
+    pattern: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChoiceOutput:
+    """Constrain the output to exactly one of `choices`."""
+
+    choices: tuple[str, ...]
+
+
+OutputSpec = JsonOutput | RegexOutput | ChoiceOutput
+
+
+# --- requests and results ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """One chat completion request. Defaults are conservative: short output, greedy, no logprobs."""
+
+    messages: tuple[Message, ...]
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logprobs: bool = False
+    top_logprobs: int = 0
+    output: OutputSpec | None = None
+
+    @staticmethod
+    def of(messages: Sequence[Message] | str, **params: Any) -> ChatRequest:
+        msgs = (Message.user(messages),) if isinstance(messages, str) else tuple(messages)
+        return ChatRequest(messages=msgs, **params)
+
+    def with_(self, **changes: Any) -> ChatRequest:
+        return replace(self, **changes)
+
+    def prompt_chars(self) -> int:
+        return sum(len(m.content) for m in self.messages)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def prob(self) -> float:
+        return math.exp(self.logprob)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Counted usage. Adds with `+`; `Usage()` is zero."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.requests + other.requests,
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A model's answer: text, why it stopped, what it cost, and per-token logprobs when asked.
+
+    `parsed` holds the validated value of a structured request (a pydantic model instance, a dict,
+    or the matched string). `model` names the model that produced it (the router sets the rung
+    that answered). `cached` is true when it came from a response cache and cost nothing now.
+    """
+
+    text: str
+    model: str
+    finish_reason: str | None
+    usage: Usage
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    parsed: Any = None
+    latency_s: float = 0.0
+    cached: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Model(Protocol):
+    """Anything that answers a ChatRequest."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def complete(self, request: ChatRequest) -> Completion: ...
