@@ -1,0 +1,500 @@
+"""`ModelClient`: an async client for any OpenAI-compatible server (llama.cpp, vLLM, or a generic one).
+
+One pooled `httpx.AsyncClient` per client (or yours, which is then never closed here); at most
+`max_in_flight` requests in flight at once; every request retried through tenacity on connection errors,
+timeouts, HTTP 429 (honouring Retry-After) and 5xx, bounded in attempts and in total time (`RetryPolicy`);
+other 4xx raise at once with the status and the server's message.
+
+    async with ModelClient("http://127.0.0.1:8080/v1", "qwen-0.5b", dialect="llama_cpp") as llm:
+        done = await llm.chat("Name a colour.", max_tokens=8, logprobs=True, top_logprobs=3)
+        city = await llm.parse("Where is the Eiffel Tower?", City)       # a validated City instance
+        yes = await llm.parse("Is 7 prime?", Literal["yes", "no"])         # "yes" or "no"
+
+Structured output (see `_structured.py`) is asked for in the server's own dialect, validated, and retried
+`structured_retries` times when it comes back truncated or invalid; then StructuredOutputError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar, overload
+
+import httpx
+from pydantic import SecretStr
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.stop import stop_base
+
+from ._config import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_LIMITS,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_RETRY,
+    DEFAULT_STRUCTURED_RETRIES,
+    DEFAULT_TIMEOUT_S,
+    RetryPolicy,
+)
+from ._exceptions import (
+    BadResponseError,
+    ConfigError,
+    ModelError,
+    ModelTimeoutError,
+    RateLimitedError,
+    RequestRejectedError,
+    ServerError,
+    ServerUnavailableError,
+    StructuredOutputError,
+)
+from ._structured import DIALECTS, Dialect, InvalidOutput, Structured, constraint_body, structured_for, validate_output
+from ._types import ChatRequest, ChoiceOutput, Completion, JsonOutput, Message, OutputSpec, RegexOutput, Usage
+from ._wire import (
+    WireCompletion,
+    decode_json,
+    is_request_validation_error,
+    parse_chat,
+    parse_retry_after,
+    parse_text_completion,
+    server_message,
+)
+
+__all__ = ["ModelClient"]
+
+T = TypeVar("T")
+
+_HINTS = {
+    400: "fix the request (its parameters, or a prompt longer than the server's context window)",
+    401: "pass the right api_key to ModelClient",
+    403: "pass an api_key that is allowed to use this model",
+    404: "check base_url (it usually ends in /v1) and the model name",
+    413: "shorten the prompt",
+    422: "fix the parameter the server names (this server may not support it)",
+}
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, ModelError) and exc.retryable
+
+
+class _StopAfterTotal(stop_base):
+    """Stop when the next wait would end past `max_total_s` since `start`, or a Retry-After is too long."""
+
+    def __init__(self, policy: RetryPolicy, clock: Callable[[], float], start: float) -> None:
+        self._policy = policy
+        self._clock = clock
+        self._start = start
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        exc = retry_state.outcome.exception() if retry_state.outcome is not None else None
+        if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
+            if exc.retry_after > self._policy.max_retry_after_s:
+                return True
+        elapsed = self._clock() - self._start
+        return elapsed + retry_state.upcoming_sleep > self._policy.max_total_s
+
+
+class ModelClient:
+    """An async client for one model on one OpenAI-compatible server; itself a `Model`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        dialect: Dialect = "openai",
+        http: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        api_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        structured_retries: int = DEFAULT_STRUCTURED_RETRIES,
+    ) -> None:
+        try:
+            url = httpx.URL(base_url)
+        except (httpx.InvalidURL, TypeError):
+            url = httpx.URL()
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ConfigError(
+                f"base_url {_display(base_url)!r} is not an http(s) URL: pass one like 'http://127.0.0.1:8080/v1'"
+            )
+        if dialect not in DIALECTS:
+            raise ConfigError(f"unknown dialect {dialect!r}: use one of {', '.join(DIALECTS)}")
+        if http is not None and transport is not None:
+            raise ConfigError(
+                "pass either http (your own AsyncClient) or transport, not both: "
+                "give the transport to your AsyncClient instead"
+            )
+        if max_in_flight < 1:
+            raise ConfigError(f"max_in_flight={max_in_flight} must be at least 1: pass 1 or more")
+        if timeout <= 0:
+            raise ConfigError(f"timeout={timeout} must be positive (seconds): pass e.g. 120.0")
+        if structured_retries < 0:
+            raise ConfigError(f"structured_retries={structured_retries} must not be negative: pass 0 or more")
+        self._base = base_url.rstrip("/")
+        self._url = _display(self._base)
+        self._model = model
+        self._dialect: Dialect = dialect
+        self._api_key = SecretStr(api_key) if api_key else None
+        self._timeout = httpx.Timeout(timeout, connect=min(timeout, DEFAULT_CONNECT_TIMEOUT_S))
+        self._retry = retry
+        self._max_in_flight = max_in_flight
+        self._sleep = sleep
+        self._clock = clock
+        self._structured_retries = structured_retries
+        self._semaphore = asyncio.Semaphore(max_in_flight)
+        self._owns_http = http is None
+        # a server on this machine is never reached through a proxy from the environment
+        loopback = url.host in ("127.0.0.1", "localhost", "::1")
+        self._http = http or httpx.AsyncClient(
+            transport=transport, limits=DEFAULT_LIMITS, timeout=self._timeout, trust_env=not loopback
+        )
+
+    # --- identity --------------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._model
+
+    @property
+    def base_url(self) -> str:
+        return self._base
+
+    @property
+    def dialect(self) -> Dialect:
+        return self._dialect
+
+    def __repr__(self) -> str:
+        key = ", api_key='***'" if self._api_key is not None else ""
+        return f"ModelClient({self._url!r}, {self._model!r}, dialect={self._dialect!r}{key})"
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close the connection pool (not an AsyncClient you passed in: that one is yours)."""
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> ModelClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # --- the Model protocol and conveniences -----------------------------------------------------
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        """Answer one chat request; a request with `output` returns the validated value in `.parsed`."""
+        structured = Structured(request.output) if request.output is not None else None
+        return await self._complete(request, structured, self._structured_retries)
+
+    async def chat(self, messages: Sequence[Message] | str, **params: Any) -> Completion:
+        """`complete(ChatRequest.of(messages, **params))`: params are ChatRequest fields (max_tokens, logprobs...)."""
+        return await self.complete(_request(messages, params))
+
+    @overload
+    async def parse(
+        self,
+        messages: Sequence[Message] | str,
+        output_type: type[T],
+        *,
+        structured_retries: int | None = None,
+        **params: Any,
+    ) -> T: ...
+
+    @overload
+    async def parse(
+        self,
+        messages: Sequence[Message] | str,
+        output_type: OutputSpec | object,
+        *,
+        structured_retries: int | None = None,
+        **params: Any,
+    ) -> Any: ...
+
+    async def parse(
+        self,
+        messages: Sequence[Message] | str,
+        output_type: object,
+        *,
+        structured_retries: int | None = None,
+        **params: Any,
+    ) -> Any:
+        """The answer as a validated value of `output_type`.
+
+        `output_type`: a pydantic model, a `Literal[...]` or `Enum` of strings, any type pydantic can describe,
+        or a JsonOutput / RegexOutput / ChoiceOutput. Raises StructuredOutputError (with the raw text) when the
+        answer stays truncated or invalid after `structured_retries` more attempts.
+        """
+        if "output" in params:
+            raise ConfigError("parse() takes the constraint as output_type, not output=: drop the output argument")
+        structured = structured_for(output_type)
+        request = _request(messages, params).with_(output=structured.spec)
+        retries = self._structured_retries if structured_retries is None else structured_retries
+        if retries < 0:
+            raise ConfigError(f"structured_retries={retries} must not be negative: pass 0 or more")
+        completion = await self._complete(request, structured, retries)
+        return completion.parsed
+
+    async def text_complete(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        logprobs: bool = False,
+        top_logprobs: int = 0,
+    ) -> Completion:
+        """A raw text completion (POST /completions): no chat template, the prompt is continued as it is."""
+        body: dict[str, Any] = {
+            "model": self._model,
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+        }
+        _sampling(body, top_p, seed, stop)
+        if logprobs:
+            body["logprobs"] = max(top_logprobs, 1)  # some servers read 0 as "no logprobs"
+        start = self._clock()
+        data = await self._post("/completions", body)
+        wire = parse_text_completion(data, self._url, top_logprobs=top_logprobs if logprobs else 0)
+        return self._completion(wire, wire.usage, None, start)
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _chat_body(self, request: ChatRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self._model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+        }
+        _sampling(body, request.top_p, request.seed, request.stop)
+        if request.logprobs:
+            body["logprobs"] = True
+            if request.top_logprobs > 0:
+                body["top_logprobs"] = request.top_logprobs
+        if request.output is not None:
+            body.update(constraint_body(request.output, self._dialect))
+        return body
+
+    async def _complete(self, request: ChatRequest, structured: Structured | None, retries: int) -> Completion:
+        body = self._chat_body(request)  # raises UnsupportedConstraintError before anything is sent
+        top_k = request.top_logprobs if request.logprobs else 0
+        start = self._clock()
+        usage = Usage()
+        attempts = retries + 1 if structured is not None else 1
+        for attempt in range(1, attempts + 1):
+            data = await self._post("/chat/completions", body)
+            wire = parse_chat(data, self._url, top_logprobs=top_k)
+            usage = usage + wire.usage
+            if structured is None:
+                return self._completion(wire, usage, None, start)
+            try:
+                parsed = validate_output(
+                    structured.spec,
+                    wire.text,
+                    dialect=self._dialect,
+                    finish_reason=wire.finish_reason,
+                    convert=structured.convert,
+                )
+            except InvalidOutput as exc:
+                problem = str(exc)
+                continue
+            completion = self._completion(wire, usage, parsed, start)
+            completion.meta["structured_attempts"] = attempt
+            return completion
+        assert structured is not None
+        raise StructuredOutputError(
+            f"model {self._model!r} at {self._url} gave no valid {_kind(structured.spec)} in {attempts} attempt(s); "
+            f"the last answer {problem}. Last answer: {_clip(wire.text)!r}. Fix: say in the prompt what to answer, "
+            "raise max_tokens, use a larger model, or raise structured_retries",
+            raw_text=wire.text,
+            attempts=attempts,
+            finish_reason=wire.finish_reason,
+        )
+
+    def _completion(self, wire: WireCompletion, usage: Usage, parsed: Any, start: float) -> Completion:
+        return Completion(
+            text=wire.text,
+            model=self._model,
+            finish_reason=wire.finish_reason,
+            usage=usage,
+            logprobs=wire.logprobs,
+            parsed=parsed,
+            latency_s=max(0.0, self._clock() - start),
+            meta=dict(wire.meta),
+        )
+
+    async def _post(self, path: str, body: dict[str, Any]) -> Any:
+        """POST `body` to `path` with retries; the decoded JSON body of the answer."""
+        url = self._base + path
+        policy = self._retry
+        start = self._clock()
+        attempts = 0
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            retry_after = exc.retry_after if isinstance(exc, RateLimitedError) and exc.retry_after else 0.0
+            return max(retry_after, policy.backoff(state.attempt_number))
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(policy.max_attempts) | _StopAfterTotal(policy, self._clock, start),
+            wait=wait,
+            retry=retry_if_exception(_retryable),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
+                    return await self._send(url, body)
+        except ModelError as exc:
+            if not exc.retryable:
+                raise
+            raise self._gave_up(exc, attempts, self._clock() - start) from exc
+        raise AssertionError("unreachable: tenacity ended without a result or an error")  # pragma: no cover
+
+    async def _send(self, url: str, body: dict[str, Any]) -> Any:
+        headers = {"Authorization": f"Bearer {self._api_key.get_secret_value()}"} if self._api_key else None
+        async with self._semaphore:
+            try:
+                response = await self._http.post(url, json=body, headers=headers, timeout=self._timeout)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+                raise ServerUnavailableError(
+                    f"could not reach the model server at {self._url} ({type(exc).__name__}): is the server running "
+                    f"there? Start one with `agentflow serve {self._model}`, or fix base_url",
+                    url=self._url,
+                ) from None
+            except httpx.TimeoutException as exc:
+                raise ModelTimeoutError(
+                    f"the model server at {self._url} did not answer within {self._timeout.read} s "
+                    f"({type(exc).__name__}): raise ModelClient(timeout=...), lower max_tokens, "
+                    "or lower max_in_flight on a busy server",
+                    url=self._url,
+                ) from None
+            except httpx.TransportError as exc:  # a proxy or protocol failure on the way
+                raise ServerUnavailableError(
+                    f"could not talk to the model server at {self._url} ({type(exc).__name__}: {exc}): check "
+                    "base_url, and any HTTP(S)_PROXY setting between you and the server",
+                    url=self._url,
+                ) from None
+            except httpx.DecodingError as exc:
+                raise BadResponseError(
+                    f"the server at {self._url} sent a body that could not be decoded ({exc}): check that base_url "
+                    "points at an OpenAI-compatible API",
+                    url=self._url,
+                ) from None
+        return self._answer(response)
+
+    def _answer(self, response: httpx.Response) -> Any:
+        status = response.status_code
+        if 200 <= status < 300:
+            return decode_json(response, self._url)
+        message = self._redact(server_message(response))
+        where = f"the model server at {self._url} answered HTTP {status}"
+        if status == 429:
+            retry_after = parse_retry_after(response.headers.get("retry-after"), time.time())
+            after = f" (Retry-After: {retry_after:g} s)" if retry_after is not None else ""
+            raise RateLimitedError(
+                f"{where} Too Many Requests{after}: {message}. Lower max_in_flight, or wait and try again",
+                retry_after=retry_after,
+                status_code=status,
+                server_message=message,
+                url=self._url,
+            )
+        if status >= 500 and is_request_validation_error(message):
+            raise RequestRejectedError(
+                f"{where} for a request it could not validate: {message}. Fix: {_HINTS[422]}",
+                status_code=status,
+                server_message=message,
+                url=self._url,
+            )
+        if status >= 500:
+            raise ServerError(
+                f"{where}: {message}. The server failed on its side: check its log; if it keeps failing, "
+                "the request may use a feature this server does not support",
+                status_code=status,
+                server_message=message,
+                url=self._url,
+            )
+        if 400 <= status < 500:
+            hint = _HINTS.get(status, "fix the request")
+            if status == 404:
+                hint += f" ({self._model!r})"
+            raise RequestRejectedError(
+                f"{where}: {message}. Fix: {hint}", status_code=status, server_message=message, url=self._url
+            )
+        raise BadResponseError(
+            f"{where} ({message}), which is not a completion: check that base_url is the API itself "
+            "(a redirect means it moved: use the new address)",
+            status_code=status,
+            server_message=message,
+            url=self._url,
+        )
+
+    def _redact(self, text: str) -> str:
+        if self._api_key is not None:
+            secret = self._api_key.get_secret_value()
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+    def _gave_up(self, exc: ModelError, attempts: int, elapsed: float) -> ModelError:
+        policy = self._retry
+        message = (
+            f"{exc} [gave up after {attempts} attempt(s) in {elapsed:.1f} s; RetryPolicy allows "
+            f"{policy.max_attempts} attempts within {policy.max_total_s:g} s]"
+        )
+        kwargs: dict[str, Any] = {"status_code": exc.status_code, "server_message": exc.server_message, "url": exc.url}
+        if isinstance(exc, RateLimitedError):
+            return RateLimitedError(message, retry_after=exc.retry_after, **kwargs)
+        return type(exc)(message, **kwargs)
+
+
+def _request(messages: Sequence[Message] | str, params: dict[str, Any]) -> ChatRequest:
+    known = set(ChatRequest.__dataclass_fields__) - {"messages"}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown request parameter(s) {', '.join(unknown)}: use ChatRequest's fields ({', '.join(sorted(known))})"
+        )
+    return ChatRequest.of(messages, **params)
+
+
+def _sampling(body: dict[str, Any], top_p: float | None, seed: int | None, stop: Sequence[str]) -> None:
+    if top_p is not None:
+        body["top_p"] = top_p
+    if seed is not None:
+        body["seed"] = seed
+    if stop:
+        body["stop"] = list(stop)
+
+
+def _display(url: str) -> str:
+    """A URL for messages: no user:password, no query string (either may hold a secret)."""
+    try:
+        u = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return "<invalid url>"
+    port = f":{u.port}" if u.port else ""
+    return f"{u.scheme}://{u.host}{port}{u.path}".rstrip("/")
+
+
+def _kind(spec: OutputSpec) -> str:
+    if isinstance(spec, JsonOutput):
+        return spec.model.__name__ if spec.model is not None else "JSON"
+    if isinstance(spec, RegexOutput):
+        return f"match of {spec.pattern!r}"
+    assert isinstance(spec, ChoiceOutput)
+    return f"choice of {list(spec.choices)}"
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
