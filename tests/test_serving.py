@@ -1,0 +1,216 @@
+"""The launcher (ports, argv, start, health, stop by PID, start-up failures) with a stand-in server process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import pid_gone
+
+import serving
+from agentflow._exceptions import ConfigError, MissingDependencyError, ServingError
+from serving import _process
+
+
+def test_free_port_is_bindable_on_loopback() -> None:
+    port = serving.free_port()
+    assert 1024 <= port <= 65535
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # would raise if it were taken
+
+
+def test_llama_cpp_argv_renders_the_documented_command() -> None:
+    argv = serving.llama_cpp_argv(Path("/m/x.gguf"), alias="smoke", port=8123, python="py")
+    assert argv == [
+        "py", "-m", "llama_cpp.server", "--model", "/m/x.gguf", "--model_alias", "smoke",
+        "--host", "127.0.0.1", "--port", "8123", "--n_threads", "2", "--n_ctx", "4096",
+    ]  # fmt: skip
+
+
+def test_llama_cpp_server_argv_uses_catalog_name_and_settings(fake_model_file: Path) -> None:
+    server = serving.LlamaCppServer("smoke", port=9001, n_ctx=2048, n_threads=4, model_file=fake_model_file)
+    argv = server.argv()
+    assert server.model_name == "smollm2-135m"
+    assert argv[argv.index("--model_alias") + 1] == "smollm2-135m"
+    assert argv[argv.index("--n_ctx") + 1] == "2048"
+    assert argv[argv.index("--n_threads") + 1] == "4"
+    assert argv[argv.index("--port") + 1] == "9001"
+    assert server.url == "http://127.0.0.1:9001/v1"
+
+
+def test_llama_cpp_server_rejects_non_gguf_models_and_bad_settings() -> None:
+    with pytest.raises(ConfigError, match="VLLMServer"):
+        serving.LlamaCppServer("qwen2.5-7b-instruct-awq")
+    with pytest.raises(ConfigError, match="positive"):
+        serving.LlamaCppServer("smoke", n_ctx=0)
+
+
+async def test_missing_llama_cpp_names_the_pip_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        "serving._llamacpp.importlib.util.find_spec", lambda n, *a: None if n == "llama_cpp" else real(n, *a)
+    )
+    with pytest.raises(MissingDependencyError, match=r"pip install 'agentflow\[local\]'"):
+        await serving.LlamaCppServer("smoke", log_dir=tmp_path).start()
+
+
+def _fake(fake_python: Path, model_file: Path, log_dir: Path, **kw: object) -> serving.LlamaCppServer:
+    return serving.LlamaCppServer("smoke", python=str(fake_python), model_file=model_file, log_dir=log_dir, **kw)  # type: ignore[arg-type]
+
+
+async def test_start_health_and_stop_by_pid(fake_python: Path, fake_model_file: Path, tmp_path: Path) -> None:
+    server = _fake(fake_python, fake_model_file, tmp_path)
+    async with server:
+        pid = server.pid
+        assert pid is not None and server.running
+        assert server.port > 0 and server.url == f"http://127.0.0.1:{server.port}/v1"
+        assert server.startup_s is not None and server.startup_s < 30
+        assert pid in _process._LIVE
+        assert "fake server for smollm2-135m" in server.log_path.read_text()
+    assert not server.running
+    assert pid_gone(pid)
+    assert pid not in _process._LIVE
+    await server.stop()  # a second stop is a no-op
+
+
+async def test_stop_escalates_to_sigkill_after_the_grace_period(
+    fake_python: Path, fake_model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_SERVER_MODE", "ignore_term")
+    server = _fake(fake_python, fake_model_file, tmp_path, stop_grace=0.5)
+    await server.start()
+    pid = server.pid
+    assert pid is not None
+    began = time.monotonic()
+    await server.stop()
+    assert time.monotonic() - began >= 0.45
+    assert pid_gone(pid)
+
+
+async def test_process_dying_at_start_up_raises_with_log_tail_and_fix(
+    fake_python: Path, fake_model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_SERVER_MODE", "die")
+    server = _fake(fake_python, fake_model_file, tmp_path)
+    with pytest.raises(ServingError) as info:
+        await server.start()
+    message = str(info.value)
+    assert "exited with code 3" in message
+    assert "failed to load model" in message  # the log tail
+    assert "Fix: the model file did not load" in message
+    assert str(server.log_path) in message
+    assert not server.running
+
+
+async def test_port_in_use_is_reported_with_its_fix(fake_python: Path, fake_model_file: Path, tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        server = _fake(fake_python, fake_model_file, tmp_path, port=port)
+        with pytest.raises(ServingError, match="another process holds that port"):
+            await server.start()
+
+
+async def test_start_up_timeout_stops_the_process(
+    fake_python: Path, fake_model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_SERVER_MODE", "slow")
+    server = _fake(fake_python, fake_model_file, tmp_path, startup_timeout=0.5)
+    with pytest.raises(ServingError, match="did not answer"):
+        await server.start()
+    assert server.pid is not None and pid_gone(server.pid)
+
+
+async def test_a_foreign_server_on_the_port_is_not_mistaken_for_ours(
+    fake_python: Path, fake_model_file: Path, tmp_path: Path
+) -> None:
+    async with _fake(fake_python, fake_model_file, tmp_path) as first:
+        other = serving.VLLMServer(
+            serving.VLLMSpec(model="m", served_model_name="other", cpu=True),
+            port=first.port,
+            python=str(fake_python),
+            log_dir=tmp_path,
+        )
+        with pytest.raises(ServingError, match="port"):
+            await other.start()
+        assert first.running
+
+
+async def test_start_servers_runs_several_at_once_and_stops_them_all(
+    fake_python: Path, fake_model_file: Path, tmp_path: Path
+) -> None:
+    small = _fake(fake_python, fake_model_file, tmp_path)
+    large = serving.LlamaCppServer("large", python=str(fake_python), model_file=fake_model_file, log_dir=tmp_path)
+    async with serving.start_servers([small, large]) as (a, b):
+        assert a is small and b is large
+        assert a.running and b.running and a.port != b.port
+        pids = [a.pid, b.pid]
+    assert all(p is not None and pid_gone(p) for p in pids)
+
+
+async def test_start_servers_stops_the_started_ones_when_one_fails(
+    fake_python: Path, fake_model_file: Path, tmp_path: Path
+) -> None:
+    good = _fake(fake_python, fake_model_file, tmp_path)
+    bad = serving.LlamaCppServer("large", python="/nonexistent/python", model_file=fake_model_file, log_dir=tmp_path)
+    with pytest.raises(ServingError, match="could not run"):
+        async with serving.start_servers([good, bad]):
+            pytest.fail("must not get here")
+    assert not good.running
+    assert good.pid is not None and pid_gone(good.pid)
+
+
+async def test_atexit_safety_net_stops_live_servers(fake_python: Path, fake_model_file: Path, tmp_path: Path) -> None:
+    server = await _fake(fake_python, fake_model_file, tmp_path).start()
+    pid = server.pid
+    assert pid is not None
+    await asyncio.to_thread(_process._stop_all)
+    assert pid_gone(pid)
+    assert not _process._LIVE
+
+
+def test_log_tail_keeps_the_last_lines(tmp_path: Path) -> None:
+    log = tmp_path / "x.log"
+    log.write_text("".join(f"line {i}\n" for i in range(100)))
+    tail = serving.log_tail(log, lines=3)
+    assert tail == "line 97\nline 98\nline 99"
+    assert serving.log_tail(tmp_path / "missing.log") == ""
+
+
+def test_server_for_picks_vllm_for_gpu_models_and_llama_cpp_otherwise() -> None:
+    assert isinstance(serving.server_for("qwen2.5-72b-instruct-awq"), serving.VLLMServer)
+    assert isinstance(serving.server_for("small"), serving.LlamaCppServer)
+
+
+def test_servers_are_started_with_this_interpreter_by_default() -> None:
+    assert serving.LlamaCppServer("smoke").python == sys.executable
+    assert os.path.isabs(sys.executable)
+
+
+def test_real_model_skip_reasons_say_how_to_enable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import real_model_skip_reason
+
+    monkeypatch.setattr("conftest._LLAMA_MODULES", ())
+    monkeypatch.setattr("conftest.find_in_site_packages", lambda relpath: None)
+    reason = real_model_skip_reason("small")
+    assert reason is not None and "pip install 'agentflow[small-model]'" in reason
+    monkeypatch.setattr("conftest._LLAMA_MODULES", ("llama_cpp",))
+    monkeypatch.setattr("conftest.importlib.util.find_spec", lambda name, *a: None)
+    reason = real_model_skip_reason("smoke")
+    assert reason is not None and "pip install 'agentflow[local]'" in reason
+
+
+def test_serving_public_names_are_locked() -> None:
+    assert serving.__all__ == [
+        "DEFAULT_LOG_DIR", "HOST", "LLAMA_CPP_INSTALL", "QUANTIZATIONS", "QWEN25_7B_AWQ", "QWEN25_72B_AWQ",
+        "VLLM_SPECS", "LlamaCppServer", "ManagedServer", "VLLMServer", "VLLMSpec", "free_port",
+        "llama_cpp_argv", "log_tail", "require_llama_cpp", "server_for", "start_servers",
+    ]  # fmt: skip
+    assert all(hasattr(serving, name) for name in serving.__all__)
