@@ -1,0 +1,592 @@
+"""Compute budgets: limits, a reservation before every model call, settlement after it, and the bill.
+
+A `Budget` is a running `Spend` plus frozen `BudgetLimits`. Before a call, `reserve()` books the call's
+worst case (estimated prompt tokens + `max_tokens`) on the budget *and every parent* in one step with
+no `await` in between, so any number of concurrent branches can never overshoot a cap together.
+After the call, `settle()` releases the reservation and charges what the server reported.
+
+    budget = Budget(BudgetLimits(completion_tokens=2_000, flops=1e13))
+    model = budget.wrap(client)              # every call now reserves and settles
+    node_budget = budget.child(BudgetLimits(requests=3))   # spends from its parent too
+    print(budget.bill().to_dict())
+
+Policies: `"raise"` (default) makes an unaffordable call raise `BudgetExceeded`; `"degrade"` tells
+callers that look (the router, samplers, verifiers) to check `can_afford()` first and do less
+instead. A call that is made anyway still raises: the budget never lets a call past a cap.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from ._catalog import ModelSpec, get_model, list_models
+from ._exceptions import BudgetExceeded, ConfigError, UncountableModelError, UnknownModelError
+from ._types import ChatRequest, Completion, Model, Usage
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "Bill",
+    "Budget",
+    "BudgetLimits",
+    "BudgetPolicy",
+    "BudgetedModel",
+    "ModelBill",
+    "Reservation",
+    "Spend",
+    "UncountableModelError",
+    "estimate_prompt_tokens",
+    "estimate_text_tokens",
+]
+
+BudgetPolicy = Literal["raise", "degrade"]
+_reservation_ids = itertools.count(1)
+Tokenizer = Callable[[str], int]
+
+#: Conservative prompt-size estimate when no tokenizer is given (measured on SmolLM2 and Qwen2.5 with
+#: llama.cpp): one token per 2 ASCII characters (English averages ~4; "x x x ..." reaches 2), one per
+#: digit (SmolLM2 and Qwen split numbers into digits), one per UTF-8 byte of anything else, 8 tokens of
+#: chat template per message and 32 per request (the default system prompt a template adds: ~26).
+ASCII_CHARS_PER_TOKEN = 2
+MESSAGE_OVERHEAD_TOKENS = 8
+REQUEST_OVERHEAD_TOKENS = 32
+_DIGITS = re.compile(r"[0-9]")
+
+
+def estimate_text_tokens(text: str) -> int:
+    """An upper estimate of the tokens of `text` (see ASCII_CHARS_PER_TOKEN)."""
+    if not text:
+        return 0
+    n_ascii = len(text) if text.isascii() else sum(1 for ch in text if ch < "\x80")
+    digits = len(_DIGITS.findall(text))
+    other_bytes = len(text.encode("utf-8")) - n_ascii
+    return -(-(n_ascii - digits) // ASCII_CHARS_PER_TOKEN) + digits + other_bytes
+
+
+def estimate_prompt_tokens(request: ChatRequest, tokenizer: Tokenizer | None = None) -> int:
+    """An upper estimate of the prompt tokens of `request`: `estimate_text_tokens` (or `tokenizer(text)`)
+    of each message, plus 8 tokens of template per message and 32 per request."""
+    count = tokenizer or estimate_text_tokens
+    return REQUEST_OVERHEAD_TOKENS + sum(count(m.content) + MESSAGE_OVERHEAD_TOKENS for m in request.messages)
+
+
+# --- limits and amounts -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetLimits:
+    """Caps for one budget scope; `None` means unlimited. All must be >= 0.
+
+    `total_tokens` caps prompt + completion; `max_tokens_per_call` caps the `max_tokens` any single
+    request may ask for; `wall_time_s` is measured from the scope's creation with its clock.
+    """
+
+    requests: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    flops: float | None = None
+    cost_usd: float | None = None
+    wall_time_s: float | None = None
+    max_tokens_per_call: int | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise ConfigError(f"BudgetLimits.{f.name} must be a number or None, got {v!r}")
+            if math.isnan(v) or v < 0:
+                raise ConfigError(
+                    f"BudgetLimits.{f.name} must be >= 0, got {v!r}: pass a non-negative limit, or None for no limit"
+                )
+        cap = self.max_tokens_per_call
+        if cap is not None:
+            for other in ("completion_tokens", "total_tokens"):
+                lim = getattr(self, other)
+                if lim is not None and cap > lim:
+                    raise ConfigError(
+                        f"BudgetLimits.max_tokens_per_call={cap} contradicts {other}={lim}: no call asking for "
+                        f"that many tokens could ever fit; lower max_tokens_per_call or raise {other}"
+                    )
+
+    @property
+    def needs_catalog(self) -> str | None:
+        """The limit that needs catalog data to count a model (flops or cost_usd), if any."""
+        if self.flops is not None:
+            return "flops"
+        if self.cost_usd is not None:
+            return "cost_usd"
+        return None
+
+
+#: Unlimited; a budget with these limits only counts.
+DEFAULT_LIMITS = BudgetLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """An amount of compute: counted requests and tokens, estimated FLOPs and dollars. Adds with `+`."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    flops: float = 0.0
+    cost_usd: float = 0.0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Spend) -> Spend:
+        return Spend(*(a + b for a, b in zip(_astuple(self), _astuple(other), strict=True)))
+
+    def __sub__(self, other: Spend) -> Spend:
+        return Spend(*(a - b for a, b in zip(_astuple(self), _astuple(other), strict=True)))
+
+    def scaled(self, n: int) -> Spend:
+        return Spend(*(a * n for a in _astuple(self)))
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "requests": self.requests,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "flops": self.flops,
+            "cost_usd": self.cost_usd,
+        }
+
+
+def _astuple(s: Spend) -> tuple[Any, ...]:
+    return (s.requests, s.prompt_tokens, s.completion_tokens, s.flops, s.cost_usd)
+
+
+_CHECKED = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "flops", "cost_usd")
+
+
+def _spend_for(spec: ModelSpec | None, prompt: int, completion: int, requests: int = 1) -> Spend:
+    if spec is None:
+        return Spend(requests, prompt, completion)
+    return Spend(requests, prompt, completion, spec.flops(prompt + completion), spec.cost_usd(prompt, completion))
+
+
+# --- the bill -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ModelBill:
+    """What one model cost in a scope. `overshoots` counts calls whose actual usage exceeded their
+    reservation (e.g. a server that ignored max_tokens); `failed` counts calls that raised."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    flops: float = 0.0
+    cost_usd: float = 0.0
+    cached: int = 0
+    failed: int = 0
+    overshoots: int = 0
+
+    def __add__(self, other: ModelBill) -> ModelBill:
+        return ModelBill(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(ModelBill)))
+
+    def to_dict(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in fields(ModelBill)}
+
+
+@dataclass(frozen=True)
+class Bill:
+    """The bill of a budget scope: per-model tokens, requests, FLOPs and dollars; wall time;
+    escalations and degradations. JSON-serialisable with `to_dict()`; adds with `+`."""
+
+    models: Mapping[str, ModelBill] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+    escalations: int = 0
+    degradations: tuple[str, ...] = ()
+
+    def _sum(self, name: str) -> Any:
+        return sum(getattr(m, name) for m in self.models.values())
+
+    @property
+    def requests(self) -> int:
+        return int(self._sum("requests"))
+
+    @property
+    def prompt_tokens(self) -> int:
+        return int(self._sum("prompt_tokens"))
+
+    @property
+    def completion_tokens(self) -> int:
+        return int(self._sum("completion_tokens"))
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def flops(self) -> float:
+        return float(self._sum("flops"))
+
+    @property
+    def cost_usd(self) -> float:
+        return float(self._sum("cost_usd"))
+
+    @property
+    def overshoots(self) -> int:
+        return int(self._sum("overshoots"))
+
+    def __add__(self, other: Bill) -> Bill:
+        models = dict(self.models)
+        for name, mb in other.models.items():
+            models[name] = models[name] + mb if name in models else mb
+        return Bill(
+            models,
+            self.wall_time_s + other.wall_time_s,
+            self.escalations + other.escalations,
+            self.degradations + other.degradations,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "flops": self.flops,
+            "cost_usd": self.cost_usd,
+            "wall_time_s": self.wall_time_s,
+            "escalations": self.escalations,
+            "degradations": list(self.degradations),
+            "overshoots": self.overshoots,
+            "models": {name: mb.to_dict() for name, mb in sorted(self.models.items())},
+        }
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any]) -> Bill:
+        models = {name: ModelBill(**m) for name, m in dict(data.get("models", {})).items()}
+        return Bill(
+            models,
+            float(data.get("wall_time_s", 0.0)),
+            int(data.get("escalations", 0)),
+            tuple(data.get("degradations", ())),
+        )
+
+
+# --- the budget ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A booked worst case for one call, held on a budget and all its parents until settled."""
+
+    budget: Budget
+    model: str
+    spec: ModelSpec | None
+    ask: Spend
+    max_tokens: int
+    id: int = field(default_factory=lambda: next(_reservation_ids))
+
+
+class Budget:
+    """Limits plus what has been spent and reserved, for a run, a node, or across runs.
+
+    `child(limits)` makes a nested scope: every spend is charged to the child and up the chain,
+    and a call must fit every scope's limits. `clock` measures wall time (injectable for tests);
+    `tokenizer(text) -> int` replaces the conservative `estimate_text_tokens`. Single event loop only:
+    reservations are atomic because nothing awaits between check and booking.
+    """
+
+    def __init__(
+        self,
+        limits: BudgetLimits = DEFAULT_LIMITS,
+        *,
+        policy: BudgetPolicy = "raise",
+        clock: Callable[[], float] = time.monotonic,
+        tokenizer: Tokenizer | None = None,
+        name: str = "budget",
+        parent: Budget | None = None,
+    ) -> None:
+        if not isinstance(limits, BudgetLimits):
+            raise ConfigError(f"Budget limits must be a BudgetLimits, got {type(limits).__name__}")
+        if policy not in ("raise", "degrade"):
+            raise ConfigError(f"Budget policy must be 'raise' or 'degrade', got {policy!r}")
+        self.limits = limits
+        self.policy: BudgetPolicy = policy
+        self.name = name
+        self.parent = parent
+        self._clock = clock
+        self._tokenizer = tokenizer
+        self._start = clock()
+        self._spent = Spend()
+        self._reserved = Spend()
+        self._in_flight = 0
+        self._open: set[int] = set()
+        self._models: dict[str, ModelBill] = {}
+        self._escalations = 0
+        self._degradations: list[str] = []
+
+    def __repr__(self) -> str:
+        return f"Budget(name={self.name!r}, limits={self.limits!r}, policy={self.policy!r}, spent={self._spent!r})"
+
+    def child(
+        self, limits: BudgetLimits = DEFAULT_LIMITS, *, name: str | None = None, policy: BudgetPolicy | None = None
+    ) -> Budget:
+        """A nested scope that spends from this one (and its parents)."""
+        return Budget(
+            limits,
+            policy=policy or self.policy,
+            clock=self._clock,
+            tokenizer=self._tokenizer,
+            name=name or f"{self.name}/child",
+            parent=self,
+        )
+
+    def chain(self) -> Iterator[Budget]:
+        b: Budget | None = self
+        while b is not None:
+            yield b
+            b = b.parent
+
+    @property
+    def degrades(self) -> bool:
+        return self.policy == "degrade"
+
+    @property
+    def spent(self) -> Spend:
+        return self._spent
+
+    @property
+    def reserved(self) -> Spend:
+        return self._reserved
+
+    def elapsed(self) -> float:
+        return self._clock() - self._start
+
+    def remaining(self) -> dict[str, float | None]:
+        """What is left under each limit of this scope (None = unlimited), counting calls in flight."""
+        used = self._spent + self._reserved
+        out: dict[str, float | None] = {}
+        for key in _CHECKED:
+            lim = getattr(self.limits, key)
+            out[key] = None if lim is None else lim - getattr(used, key)
+        lim_t = self.limits.wall_time_s
+        out["wall_time_s"] = None if lim_t is None else lim_t - self.elapsed()
+        return out
+
+    # -- pricing ---------------------------------------------------------------------------------
+
+    def _needs_catalog(self) -> str | None:
+        for b in self.chain():
+            need = b.limits.needs_catalog
+            if need is not None:
+                return need
+        return None
+
+    def spec_for(self, model: Model | str | ModelSpec) -> ModelSpec | None:
+        """The catalog entry used to count `model`; None when unknown and no limit needs it.
+
+        A model that stands for others (a Router) names the one it calls first in `counted_as`."""
+        if isinstance(model, ModelSpec):
+            return model
+        if isinstance(model, BudgetedModel):
+            return model.spec
+        stand_in = getattr(model, "counted_as", None)
+        if isinstance(stand_in, Model):
+            return self.spec_for(stand_in)
+        name = model if isinstance(model, str) else model.name
+        try:
+            return get_model(name)
+        except UnknownModelError as e:
+            need = self._needs_catalog()
+            if need is not None:
+                raise UncountableModelError(name, [m.name for m in list_models()], need) from e
+            return None
+
+    def estimate(self, request: ChatRequest, model: Model | str | ModelSpec) -> Spend:
+        """The worst case of `request` on `model`: estimated prompt tokens plus `max_tokens`."""
+        prompt = estimate_prompt_tokens(request, self._tokenizer)
+        return _spend_for(self.spec_for(model), prompt, request.max_tokens)
+
+    # -- checking and reserving ------------------------------------------------------------------
+
+    def _violation(self, ask: Spend, max_tokens: int) -> tuple[Budget, str, float, float] | None:
+        """The first (scope, limit, allowed, would-be) that `ask` would break, across the chain."""
+        for b in self.chain():
+            lim = b.limits
+            if lim.wall_time_s is not None and b.elapsed() >= lim.wall_time_s:
+                return b, "wall_time_s", lim.wall_time_s, b.elapsed()
+            if lim.max_tokens_per_call is not None and max_tokens > lim.max_tokens_per_call:
+                return b, "max_tokens_per_call", lim.max_tokens_per_call, max_tokens
+            used = b._spent + b._reserved + ask
+            for key in _CHECKED:
+                allowed = getattr(lim, key)
+                if allowed is not None and getattr(used, key) > allowed:
+                    return b, key, allowed, getattr(used, key)
+        return None
+
+    def can_afford(self, request: ChatRequest, model: Model | str | ModelSpec) -> bool:
+        """Whether the worst case of `request` on `model` fits every scope now (counting calls in flight)."""
+        return self._violation(self.estimate(request, model), request.max_tokens) is None
+
+    def affordable(self, request: ChatRequest, model: Model | str | ModelSpec, n: int) -> int:
+        """How many (at most `n`) concurrent calls of `request` on `model` fit now."""
+        ask = self.estimate(request, model)
+        k = 0
+        while k < n and self._violation(ask.scaled(k + 1), request.max_tokens) is None:
+            k += 1
+        return k
+
+    def reserve(self, request: ChatRequest, model: Model | str | ModelSpec) -> Reservation:
+        """Book the worst case of `request` on this scope and all parents, or raise BudgetExceeded.
+
+        Check and booking happen with no await in between, so it is atomic under asyncio.
+        """
+        spec = self.spec_for(model)
+        name = model.name if isinstance(model, ModelSpec) else model if isinstance(model, str) else model.name
+        ask = _spend_for(spec, estimate_prompt_tokens(request, self._tokenizer), request.max_tokens)
+        bad = self._violation(ask, request.max_tokens)
+        if bad is not None:
+            raise self._exceeded(bad, ask, request, name)
+        for b in self.chain():
+            b._reserved = b._reserved + ask
+            b._in_flight += 1
+        res = Reservation(self, name, spec, ask, request.max_tokens)
+        self._open.add(res.id)
+        return res
+
+    def _exceeded(
+        self, bad: tuple[Budget, str, float, float], ask: Spend, request: ChatRequest, model: str
+    ) -> BudgetExceeded:
+        scope, key, allowed, would = bad
+        if key == "wall_time_s":
+            fix = "raise BudgetLimits.wall_time_s, or start a new budget scope"
+            what = f"its wall time is up ({would:.3g}s of {allowed:.3g}s)"
+        elif key == "max_tokens_per_call":
+            fix = f"lower the request's max_tokens to <= {allowed:g}, or raise BudgetLimits.max_tokens_per_call"
+            what = f"the call asks for max_tokens={request.max_tokens}, above max_tokens_per_call={allowed:g}"
+        else:
+            fix = f"raise BudgetLimits.{key}"
+            if key != "requests":
+                fix += f", or lower the request's max_tokens (now {request.max_tokens})"
+            what = (
+                f"{key} would reach {would:.6g} with this call (limit {allowed:.6g}; spent "
+                f"{getattr(scope._spent, key):.6g}, reserved by calls in flight {getattr(scope._reserved, key):.6g}, "
+                f"this call asks up to {getattr(ask, key):.6g})"
+            )
+        return BudgetExceeded(
+            f"budget {scope.name!r}: a call to {model!r} would break the {key} limit: {what}. Fix: {fix}",
+            limit=key,
+            spent=scope._spent.as_dict(),
+            asked=ask.as_dict(),
+            allowed=float(allowed),
+        )
+
+    def _release(self, res: Reservation) -> None:
+        if res.id not in self._open:
+            raise ValueError(f"reservation {res.id} for {res.model!r} was already settled: settle each one once")
+        self._open.discard(res.id)
+        for b in self.chain():
+            b._in_flight -= 1
+            b._reserved = Spend() if b._in_flight == 0 else b._reserved - res.ask
+
+    def _charge(self, model: str, spend: Spend, bill: ModelBill) -> None:
+        for b in self.chain():
+            b._spent = b._spent + spend
+            b._models[model] = b._models[model] + bill if model in b._models else bill
+
+    def settle(self, res: Reservation, completion: Completion | Usage) -> Spend:
+        """Release `res` and charge the actual usage (even above the reservation: that is an overshoot).
+
+        A cached completion costs nothing; one whose server reported no usage (`meta["usage_missing"]`)
+        is charged its reserved worst case."""
+        res.budget._release(res)
+        if isinstance(completion, Completion) and completion.cached:
+            res.budget._charge(res.model, Spend(), ModelBill(cached=1))
+            return Spend()
+        if isinstance(completion, Completion) and completion.meta.get("usage_missing"):
+            # the server did not say what it used: charge the worst case that was reserved
+            res.budget._charge(res.model, res.ask, ModelBill(*_astuple(res.ask)))
+            return res.ask
+        usage = completion.usage if isinstance(completion, Completion) else completion
+        actual = _spend_for(res.spec, usage.prompt_tokens, usage.completion_tokens, max(1, usage.requests))
+        over = int(actual.prompt_tokens > res.ask.prompt_tokens or actual.completion_tokens > res.max_tokens)
+        bill = ModelBill(
+            actual.requests,
+            actual.prompt_tokens,
+            actual.completion_tokens,
+            actual.flops,
+            actual.cost_usd,
+            overshoots=over,
+        )
+        res.budget._charge(res.model, actual, bill)
+        return actual
+
+    def fail(self, res: Reservation) -> None:
+        """Release `res` for a call that raised; it counts as one request and no tokens."""
+        res.budget._release(res)
+        res.budget._charge(res.model, Spend(requests=1), ModelBill(requests=1, failed=1))
+
+    def cancel(self, res: Reservation) -> None:
+        """Release `res` for a call that never reached a server; nothing is charged."""
+        res.budget._release(res)
+
+    # -- wrapping and reporting ------------------------------------------------------------------
+
+    def wrap(self, model: Model, *, spec: ModelSpec | str | None = None) -> BudgetedModel:
+        """`model` with every call reserved and settled on this budget. `spec` names the catalog
+        entry to count it by (default: its name). Raises UncountableModelError now, not at the
+        first call, when FLOPs or dollars are limited and the model is not in the catalog."""
+        resolved = get_model(spec) if isinstance(spec, str) else spec
+        if resolved is None:
+            resolved = self.spec_for(model)
+        return BudgetedModel(model, self, resolved)
+
+    def record_escalation(self, from_model: str, to_model: str) -> None:
+        for b in self.chain():
+            b._escalations += 1
+
+    def record_degradation(self, reason: str) -> None:
+        for b in self.chain():
+            b._degradations.append(reason)
+
+    def bill(self) -> Bill:
+        return Bill(dict(self._models), self.elapsed(), self._escalations, tuple(self._degradations))
+
+
+class BudgetedModel:
+    """A Model whose every call reserves its worst case on a budget first and settles after."""
+
+    def __init__(self, inner: Model, budget: Budget, spec: ModelSpec | None) -> None:
+        self.inner = inner
+        self.budget = budget
+        self.spec = spec
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def __repr__(self) -> str:
+        return f"BudgetedModel({self.inner!r}, budget={self.budget.name!r})"
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        res = self.budget.reserve(request, self)
+        try:
+            completion = await self.inner.complete(request)
+        except BudgetExceeded:
+            self.budget.cancel(res)
+            raise
+        except Exception:
+            self.budget.fail(res)
+            raise
+        except BaseException:  # cancelled: the server may have started, but we cannot know its usage
+            self.budget.cancel(res)
+            raise
+        self.budget.settle(res, completion)
+        return completion
