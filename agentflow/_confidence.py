@@ -125,6 +125,13 @@ class Estimator(abc.ABC):
     @abc.abstractmethod
     async def __call__(self, state: ConfidenceState) -> Confidence: ...
 
+    def prepare(self, request: ChatRequest) -> ChatRequest:
+        """The request with the logprobs this estimator reads (llama.cpp returns none unless
+        top_logprobs >= 1). Whoever asks the answering model uses this, so equal asks stay equal."""
+        if not self.needs_logprobs:
+            return request
+        return request.with_(logprobs=True, top_logprobs=max(request.top_logprobs, self.top_logprobs, 1))
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 

@@ -5,6 +5,8 @@ Every error says what was wrong and how to fix it.
     AgentFlowError
     ├── ConfigError                 bad input from the user: fix the call or the file
     │   ├── UnknownModelError       a model name missing from the catalog
+    │   │   └── UncountableModelError  ... put under a FLOPs or dollar limit, which cannot count it
+    │   ├── RunConfigMismatchError  an answer store written by a run with other settings
     │   ├── MissingDependencyError  an optional extra is not installed (names the pip command)
     │   └── DatasetError            a dataset file or line that does not parse (names the line)
     ├── ModelError                  a model server call failed (status_code, server_message, retryable)
@@ -14,6 +16,7 @@ Every error says what was wrong and how to fix it.
     │   ├── ServerError             HTTP 5xx (retryable)
     │   ├── RequestRejectedError    any other HTTP 4xx (not retryable)
     │   └── BadResponseError        the server answered with something that is not a completion
+    ├── ConfidenceError             an estimator could not score an answer (no logprobs, failed verifier)
     ├── StructuredOutputError       output that stayed truncated or invalid after its retries (holds raw text)
     ├── UnsupportedConstraintError  the server cannot honour the requested output constraint
     ├── ModelFileError              a model file is missing, or its sha256 does not match
@@ -22,6 +25,8 @@ Every error says what was wrong and how to fix it.
     ├── GraphRunError               a graph that went wrong while running
     │   ├── RoutingError            a conditional edge returned an undeclared node
     │   ├── NodeError               a node raised, or ran out of its retries or timeout
+    │   │   └── NodeFailedError     ... carrying the run record and state of what completed
+    │   ├── CycleLimitError         a bounded node reached past max_visits with no on_exhausted
     │   └── CheckpointError         a checkpoint could not be written or read back
     └── BudgetExceeded              a call would break a budget limit (spent, asked, limit)
 """
@@ -29,13 +34,16 @@ Every error says what was wrong and how to fix it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 __all__ = [
     "AgentFlowError",
     "BadResponseError",
     "BudgetExceeded",
     "CheckpointError",
+    "ConfidenceError",
     "ConfigError",
+    "CycleLimitError",
     "DatasetError",
     "GraphRunError",
     "GraphValidationError",
@@ -44,13 +52,16 @@ __all__ = [
     "ModelFileError",
     "ModelTimeoutError",
     "NodeError",
+    "NodeFailedError",
     "RateLimitedError",
     "RequestRejectedError",
     "RoutingError",
+    "RunConfigMismatchError",
     "ServerError",
     "ServerUnavailableError",
     "ServingError",
     "StructuredOutputError",
+    "UncountableModelError",
     "UnknownModelError",
     "UnsupportedConstraintError",
 ]
@@ -77,6 +88,23 @@ class MissingDependencyError(ConfigError):
     def __init__(self, what: str, install: str) -> None:
         self.install = install
         super().__init__(f"{what} is not installed: install it with `{install}`")
+
+
+class UncountableModelError(UnknownModelError):
+    """A model missing from the catalog was put under a FLOPs or dollar limit, which cannot count it."""
+
+    def __init__(self, name: str, known: list[str], limit: str) -> None:
+        super().__init__(name, known)
+        self.limit = limit
+        self.args = (
+            f"model {name!r} is not in the catalog, so a budget with a {limit} limit cannot count its "
+            f"{'FLOPs' if limit == 'flops' else 'price'}: register it with agentflow.register_model(ModelSpec(...)), "
+            f"pass spec=... to Budget.wrap, or drop the {limit} limit. {self.args[0]}",
+        )
+
+
+class RunConfigMismatchError(ConfigError):
+    """The answer store was written by a run with other settings."""
 
 
 class DatasetError(ConfigError):
@@ -136,6 +164,10 @@ class BadResponseError(ModelError):
     retryable = False
 
 
+class ConfidenceError(AgentFlowError):
+    """An estimator could not score an answer (missing logprobs, no budget, a failed verifier)."""
+
+
 class StructuredOutputError(AgentFlowError):
     def __init__(self, message: str, *, raw_text: str, attempts: int, finish_reason: str | None) -> None:
         self.raw_text = raw_text
@@ -183,6 +215,27 @@ class NodeError(GraphRunError):
     def __init__(self, node: str, message: str) -> None:
         self.node = node
         super().__init__(f"node {node!r}: {message}")
+
+
+class NodeFailedError(NodeError):
+    """A node raised, timed out or ran out of retries. `record` and `state` hold what completed before."""
+
+    def __init__(self, node: str, message: str, *, record: Any = None, state: Any = None) -> None:
+        super().__init__(node, message)
+        self.record = record
+        self.state = state
+
+
+class CycleLimitError(GraphRunError):
+    """A bounded node was reached once more than its `max_visits` and has no `on_exhausted` target."""
+
+    def __init__(self, node: str, limit: int) -> None:
+        self.node = node
+        self.limit = limit
+        super().__init__(
+            f"node {node!r} was reached for visit {limit + 1} but max_visits={limit}: raise max_visits, make its "
+            f"loop's condition exit earlier, or give it on_exhausted='next_node' (or END) to leave the loop"
+        )
 
 
 class CheckpointError(GraphRunError):

@@ -97,6 +97,7 @@ class QuestionRecord:
     wall_s: float = 0.0
     escalated: bool = False
     error: str | None = None
+    confidence: float | None = None
 
     @property
     def em(self) -> float:
@@ -124,6 +125,7 @@ class QuestionRecord:
             "calls": self.calls,
             "escalated": self.escalated,
             "error": self.error,
+            "confidence": self.confidence,
         }
 
     @staticmethod
@@ -140,6 +142,7 @@ class QuestionRecord:
             wall_s=float(d.get("wall_s", 0.0)),
             escalated=bool(d.get("escalated", False)),
             error=d.get("error"),
+            confidence=None if d.get("confidence") is None else float(d["confidence"]),
         )
 
 
@@ -185,6 +188,7 @@ class UsageTally:
         escalated: bool = False,
         error: str | None = None,
         flops: float | None = None,
+        confidence: float | None = None,
     ) -> QuestionRecord:
         """The QuestionRecord; `flops` defaults to the catalog estimate of the usage."""
         return QuestionRecord(
@@ -199,6 +203,7 @@ class UsageTally:
             wall_s=wall_s,
             escalated=escalated,
             error=error,
+            confidence=confidence,
         )
 
 

@@ -154,11 +154,7 @@ class Router:
         return await self.estimator(ConfidenceState(request, completion, model, self.budget))
 
     async def complete(self, request: ChatRequest) -> Completion:
-        req = request
-        if self.estimator.needs_logprobs:
-            # llama.cpp returns no logprobs unless top_logprobs >= 1
-            top = max(request.top_logprobs, self.estimator.top_logprobs, 1)
-            req = request.with_(logprobs=True, top_logprobs=top)
+        req = self.estimator.prepare(request)
         route: list[RouteDecision] = []
         answers: list[tuple[float, int, Completion]] = []  # (score, rung, completion); -1 = unscored
         total = Usage()
