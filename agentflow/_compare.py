@@ -1,0 +1,232 @@
+"""The comparison that proves the point: an agent of small models against a single large model.
+
+On the same questions it runs each arm and keeps every answer in a SQLite `RunStore` as it goes (a
+killed run resumes where it stopped, spending nothing twice); model responses go through a
+`ResponseCache` so a rerun with the same settings costs nothing. Arms:
+
+- `agent`: a workflow (from `workflows/`) over retrieval of `retrieve_k` paragraphs, on a `Router`
+  from the small model to the large one, escalating only when confidence is below the threshold.
+- `large`: the large model alone, answering directly over the full context (the usual baseline).
+- `large-retrieval`: the large model behind the same retrieval as the agent, so the saving from
+  small models is not confused with the saving from shorter prompts.
+- `small`: the small model alone behind the same retrieval and workflow (what routing adds).
+- `large-cot`: the large model with chain-of-thought over the full context.
+
+Models are passed in (any `Model`); the CLI starts local llama.cpp servers or uses given URLs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ._budget import Budget, BudgetLimits
+from ._calibration import Thresholds
+from ._confidence import ConfidenceState, Estimator, TokenProb
+from ._data import Example
+from ._exceptions import AgentFlowError, ConfidenceError, ConfigError
+from ._metrics import score
+from ._report import ArmResult, QuestionRecord, UsageTally, write_report
+from ._router import RouteDecision, Router
+from ._store_runs import CachedModel, ResponseCache, RunStore
+from ._types import ChatRequest, Completion, Model
+
+__all__ = ["ARMS", "ArmName", "CompareConfig", "Comparison", "Meter"]
+
+ArmName = Literal["agent", "large", "large-retrieval", "small", "large-cot"]
+ARMS: tuple[ArmName, ...] = ("agent", "large", "large-retrieval", "small", "large-cot")
+
+
+@dataclass(frozen=True, slots=True)
+class CompareConfig:
+    """The settings of one comparison; stored with its answers, so a resumed run cannot mix settings."""
+
+    dataset: str
+    question_ids: tuple[str, ...]
+    arms: tuple[ArmName, ...] = ("agent", "large")
+    workflow: str = "direct"
+    retrieve_k: int = 2
+    threshold: float | None = None  # None: the router's default (or `thresholds_file`)
+    thresholds_file: str | None = None
+    estimator: str = "mean"
+    max_tokens: int = 32
+    small_model: str = "qwen2.5-coder-0.5b"
+    large_model: str = "qwen2.5-coder-1.5b"
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.arms if a not in ARMS]
+        if unknown or not self.arms:
+            raise ConfigError(f"unknown arms {unknown or '(none)'}: choose from {', '.join(ARMS)}")
+        if self.retrieve_k < 1:
+            raise ConfigError(f"retrieve_k must be >= 1, got {self.retrieve_k}")
+
+
+class Meter:
+    """A Model wrapper that tallies what every call cost (cached calls at their original cost) and keeps
+    the last call. With `logprobs_for`, it asks for the logprobs that estimator reads, so this arm's
+    requests are the very requests a router with that estimator makes (one cache entry serves both)."""
+
+    def __init__(self, model: Model, tally: UsageTally, *, logprobs_for: Estimator | None = None) -> None:
+        self._model = model
+        self._tally = tally
+        self._estimator = logprobs_for
+        self.last: tuple[ChatRequest, Completion] | None = None
+
+    @property
+    def name(self) -> str:
+        return self._model.name
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        if self._estimator is not None:
+            request = self._estimator.prepare(request)
+        c = await self._model.complete(request)
+        self._tally.add(c)
+        self.last = (request, c)
+        return c
+
+
+@dataclass
+class Comparison:
+    """Runs the arms of `config` over `examples` with `small` and `large`, storing into `out_dir`."""
+
+    config: CompareConfig
+    examples: Sequence[Example]
+    small: Model
+    large: Model
+    out_dir: Path
+    limits: BudgetLimits | None = None
+    on_question: Callable[[str, QuestionRecord], None] | None = None
+    _cache: ResponseCache | None = field(default=None, init=False)
+
+    def _store(self) -> RunStore:
+        return RunStore(self.out_dir / "answers.sqlite", config=asdict(self.config))
+
+    def stored_ids(self, arm: str) -> set[str]:
+        """Questions of this comparison already answered for `arm` (a resumed run skips them)."""
+        if not (self.out_dir / "answers.sqlite").exists():
+            return set()
+        with self._store() as store:
+            return store.done_ids(arm) & {ex.id for ex in self.examples}
+
+    def _thresholds(self) -> Thresholds | Sequence[float] | None:
+        if self.config.thresholds_file:
+            return Thresholds.load(self.config.thresholds_file)
+        return None if self.config.threshold is None else [self.config.threshold]
+
+    def _estimator(self) -> Estimator:
+        how = self.config.estimator
+        if how not in ("mean", "geomean", "min", "joint"):
+            raise ConfigError(f"unknown estimator {how!r}: choose mean, geomean, min or joint")
+        return TokenProb(how)  # type: ignore[arg-type]
+
+    async def run(self, cache_path: Path | None = None) -> dict[str, Any]:
+        """Answer every (arm, question) not yet stored, then write the report; returns report.json's content.
+
+        `cache_path` is the response cache (default: in `out_dir`); share one between runs so that a
+        call any earlier run made with the same settings costs nothing."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if cache_path is not None:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+        cache = ResponseCache(cache_path or self.out_dir / "responses.sqlite")
+        small, large = CachedModel(self.small, cache), CachedModel(self.large, cache)
+        try:
+            with self._store() as store:
+                for arm in self.config.arms:
+                    done = store.done_ids(arm)
+                    for ex in self.examples:
+                        if ex.id in done:
+                            continue
+                        record = await self._answer(arm, ex, small, large)
+                        store.save(arm, record)
+                        if self.on_question is not None:
+                            self.on_question(arm, record)
+                arms = [_arm_result(arm, store.records(arm), self.examples) for arm in self.config.arms]
+                _write_calibration(self.out_dir / "calibration.jsonl", store, self.config)
+        finally:
+            cache.close()
+        meta = {"config": asdict(self.config), "n_questions": len(self.examples)}
+        return write_report(self.out_dir, arms, list(self.examples), meta=meta)
+
+    async def _answer(self, arm: ArmName, ex: Example, small: Model, large: Model) -> QuestionRecord:
+        # Imported here: the workflows package is built on agentflow's public API.
+        from workflows import QADeps, QAState, build, short_span_rule
+
+        tally = UsageTally()
+        decisions: list[RouteDecision] = []
+        est = self._estimator()
+        budget = Budget(self.limits or BudgetLimits(), policy="degrade", name=f"{arm}:{ex.id}")
+        cfg = self.config
+        model: Model
+        scored: Meter | None = None  # the arm whose own answer gets a confidence score
+        if arm == "agent":
+            # The router asks for logprobs itself; the meters tally its calls without changing them.
+            model = Router(
+                [Meter(small, tally), Meter(large, tally)],
+                estimator=est,
+                thresholds=self._thresholds(),
+                budget=budget,
+                listener=decisions.append,
+            )
+            graph = build(cfg.workflow, retrieve_k=cfg.retrieve_k)
+        elif arm in ("small", "large-retrieval"):
+            scored = Meter(small if arm == "small" else large, tally, logprobs_for=est)
+            model, graph = budget.wrap(scored), build(cfg.workflow, retrieve_k=cfg.retrieve_k)
+        elif arm == "large-cot":
+            model, graph = budget.wrap(Meter(large, tally, logprobs_for=est)), build("cot")
+        else:
+            model, graph = budget.wrap(Meter(large, tally, logprobs_for=est)), build("direct")
+        deps = QADeps(model=model, rule=short_span_rule, budget=budget, max_tokens=cfg.max_tokens)
+        started = time.perf_counter()
+        error: str | None = None
+        answer = ""
+        try:
+            state, _ = await graph.run(QAState(question=ex.question, paragraphs=list(ex.paragraphs)), deps=deps)
+            answer = state.answer
+        except AgentFlowError as e:  # one bad question must not lose the rest of the run
+            error = f"{type(e).__name__}: {e}"
+        wall = time.perf_counter() - started
+        confidence = None
+        if scored is not None and scored.last is not None:
+            request, completion = scored.last
+            try:
+                confidence = (await est(ConfidenceState(request, completion, scored, None))).score
+            except ConfidenceError:
+                confidence = None
+        return tally.record(
+            ex.id,
+            answer,
+            score(ex, answer),
+            model=_answering_model(decisions, arm, cfg),
+            wall_s=wall,
+            escalated=any(d.escalated for d in decisions),
+            error=error,
+            confidence=confidence,
+        )
+
+
+def _answering_model(decisions: Sequence[RouteDecision], arm: ArmName, cfg: CompareConfig) -> str:
+    final = [d for d in decisions if not d.escalated]
+    if final:
+        return final[-1].model
+    return cfg.small_model if arm == "small" else cfg.large_model
+
+
+def _arm_result(arm: str, records: Sequence[QuestionRecord], examples: Sequence[Example]) -> ArmResult:
+    wanted = {ex.id for ex in examples}
+    return ArmResult.from_records(arm, [r for r in records if r.question_id in wanted])
+
+
+def _write_calibration(path: Path, store: RunStore, cfg: CompareConfig) -> None:
+    """Labelled (score, correct) answers of the single-model arms, for `agentflow calibrate`."""
+    rungs = {"small": cfg.small_model, "large-retrieval": cfg.large_model}
+    lines = []
+    for arm, model in rungs.items():
+        for r in store.records(arm) if arm in cfg.arms else []:
+            if r.confidence is not None and r.error is None:
+                lines.append({"score": r.confidence, "correct": r.correct, "rung": model, "cost": r.flops})
+    if lines:
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")

@@ -1,0 +1,171 @@
+"""The claim to test: an agent of small models reaches at least the large model's exact match at no more
+than half its FLOPs.
+
+    .venv/bin/python benchmarks/cascade.py            # first run ~45 min on 2 cores; reruns are free
+    .venv/bin/python benchmarks/cascade.py --quick    # 4 + 4 questions, to check the plumbing
+
+It runs `agentflow compare` arms on 40 HotpotQA questions (rows 0-19 bridge and 250-269 comparison of
+../shared/data) and the first 50 StrategyQA questions, on the local CPU servers (Qwen2.5-Coder 0.5B
+small, 1.5B large). Arms: the small model alone behind retrieval; the large model on the full context
+and behind the same retrieval (so the saving from small models is not confused with the saving from
+shorter prompts); the router from small to large behind retrieval at a sweep of thresholds. The single
+arms ask for the same logprobs the router does, so the router's calls are answered from the shared
+response cache: the sweep costs no model time, and a rerun costs nothing. Prints the table and writes
+it into benchmarks/README.md between the cascade markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import platform
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import serving
+from agentflow import ModelClient, get_model, load_dataset
+from agentflow._compare import CompareConfig, Comparison
+from agentflow._data import default_data_dir
+from agentflow._store import DEFAULT_CACHE_DIR
+
+ROOT = Path(__file__).resolve().parent
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+
+
+async def run_set(
+    name: str,
+    examples: list[Any],
+    arms: tuple[str, ...],
+    out: Path,
+    clients: Any,
+    cache: Path,
+    workflow: str,
+    with_paragraphs: bool,
+) -> list[dict[str, Any]]:
+    small, large = clients
+    rows: list[dict[str, Any]] = []
+    base = CompareConfig(
+        dataset=name,
+        question_ids=tuple(e.id for e in examples),
+        arms=arms,
+        workflow=workflow,
+        small_model=small.name,
+        large_model=large.name,
+    )  # type: ignore[arg-type]
+    report = await Comparison(base, examples, small, large, out / f"{name}-{workflow}-base").run(cache)
+    rows.extend(_rows(name, report, workflow))
+    for t in THRESHOLDS:
+        cfg = CompareConfig(
+            dataset=name,
+            question_ids=base.question_ids,
+            arms=("agent",),
+            workflow=workflow,
+            threshold=t,
+            small_model=small.name,
+            large_model=large.name,
+        )
+        report = await Comparison(cfg, examples, small, large, out / f"{name}-{workflow}-t{t}").run(cache)
+        rows.extend(_rows(name, report, workflow, label=f"agent t={t}"))
+        print(f"  {name} agent t={t}: em={report['arms'][0]['em']:.3f}", flush=True)
+    return rows
+
+
+def _rows(dataset: str, report: dict[str, Any], workflow: str, label: str | None = None) -> list[dict[str, Any]]:
+    out = []
+    for a in report["arms"]:
+        out.append(
+            {
+                "dataset": dataset,
+                "arm": label or a["name"],
+                "workflow": workflow if (label or a["name"]) not in ("large",) else "direct, full context",
+                "n": a["n"],
+                "em": a["em"],
+                "em_ci95": a["em_ci95"],
+                "flops_per_q": a["flops_per_question"],
+                "escalation_rate": a["escalation_rate"],
+                "wall_s": a["wall_s"],
+            }
+        )
+    return out
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| dataset | arm | workflow | n | EM | 95% CI | FLOPs/q | vs large FLOPs | escalated | wall s (first run) |",
+        "|---|---|---|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ref = next((x for x in rows if x["dataset"] == r["dataset"] and x["arm"] == "large"), None)
+        ratio = f"{r['flops_per_q'] / ref['flops_per_q']:.2f}" if ref and ref["flops_per_q"] else "-"
+        lo, hi = r["em_ci95"]
+        lines.append(
+            f"| {r['dataset']} | {r['arm']} | {r['workflow']} | {r['n']} | {r['em']:.3f} | {lo:.2f}-{hi:.2f} | "
+            f"{r['flops_per_q']:.2e} | {ratio} | {r['escalation_rate']:.0%} | {r['wall_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_readme(text: str) -> None:
+    path = ROOT / "README.md"
+    doc = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    block = f"<!-- cascade:start -->\n{text}\n<!-- cascade:end -->"
+    if "<!-- cascade:start -->" in doc:
+        doc = re.sub(r"<!-- cascade:start -->.*<!-- cascade:end -->", lambda _: block, doc, flags=re.S)
+    else:
+        doc += "\n## Cascade: agent of small models vs the large model\n\n" + block + "\n"
+    path.write_text(doc, encoding="utf-8")
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="4 + 4 questions, no README update")
+    p.add_argument("--workflow", default="direct", help="the workflow of the small arms (direct, cot, verify, ...)")
+    p.add_argument("--out", type=Path, default=Path("runs/cascade"))
+    p.add_argument("--skip-strategyqa", action="store_true")
+    args = p.parse_args()
+    data = default_data_dir()
+    hp_rows = [0, 1, 250, 251] if args.quick else [*range(20), *range(250, 270)]
+    hotpot = load_dataset("hotpotqa", rows=hp_rows, data_dir=data)
+    strat = load_dataset("strategyqa", limit=4 if args.quick else 50, data_dir=data)
+    cache = DEFAULT_CACHE_DIR.parent / "responses.sqlite"
+    small_name, large_name = get_model("small").name, get_model("large").name
+    rows: list[dict[str, Any]] = []
+    async with serving.start_servers([small_name, large_name]) as (s, l_):
+        async with (
+            ModelClient(s.url, small_name, dialect="llama_cpp") as small,
+            ModelClient(l_.url, large_name, dialect="llama_cpp", timeout=600) as large,
+        ):
+            print(f"hotpotqa: {len(hotpot)} questions", flush=True)
+            rows += await run_set(
+                "hotpotqa",
+                hotpot,
+                ("small", "large-retrieval", "large"),
+                args.out,
+                (small, large),
+                cache,
+                args.workflow,
+                True,
+            )
+            if not args.skip_strategyqa:
+                print(f"strategyqa: {len(strat)} questions (closed book: the set has no paragraphs)", flush=True)
+                rows += await run_set(
+                    "strategyqa", strat, ("small", "large"), args.out, (small, large), cache, args.workflow, False
+                )
+    text = table(rows)
+    print(text)
+    (args.out / "cascade.json").write_text(json.dumps(rows, indent=1))
+    if not args.quick:
+        stamp = (
+            f"Measured {dt.date.today()} on {platform.machine()} with {sys.version.split()[0]}, 2 cores, "
+            f"llama.cpp CPU servers, Qwen2.5-Coder 0.5B / 1.5B Q4_K_M, temperature 0, retrieval k=2, "
+            f"workflow `{args.workflow}`, estimator TokenProb(mean). Command: `.venv/bin/python benchmarks/cascade.py`."
+        )
+        write_readme(stamp + "\n\n" + text)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
