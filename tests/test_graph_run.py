@@ -469,23 +469,11 @@ def long_chain(n: int) -> Any:
     return g.compile()
 
 
-async def test_thousand_node_chain_costs_linear_time() -> None:
-    import time
-
-    small, big = long_chain(100), long_chain(1000)
-    state, record = await big.run(S())
-    assert state.n == 1000 and len(record.steps) == 1000
-
-    async def best(graph: Any, reps: int) -> float:
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            await graph.run(S())
-            times.append(time.perf_counter() - t)
-        return min(times)
-
-    ratio = await best(big, 5) / await best(small, 20)
-    assert ratio < 30, f"1,000 nodes cost {ratio:.1f}x 100 nodes: the engine is not linear in node count"
+async def test_thousand_node_chain_runs_every_node_once_in_order() -> None:
+    # Linear cost in node count is measured by benchmarks/engine_overhead.py (shape c), not timed here.
+    state, record = await long_chain(1000).run(S())
+    assert state.n == 1000
+    assert record.nodes == [f"n{i}" for i in range(1000)]
 
 
 async def test_subgraph_inside_a_fan_out_with_store_cap_and_listeners() -> None:
