@@ -108,6 +108,8 @@ async def _invoke_timed(node: NodePlan, state: BaseModel, run: RunState, visit: 
 
 
 def _describe(node: NodePlan, e: BaseException, attempts: int) -> str:
+    if isinstance(e, NodeFailedError):  # a subgraph's node failed: its message already names the fix
+        return f"in its subgraph, {e}"
     if isinstance(e, TimeoutError) and node.timeout is not None:
         what = f"timed out after {node.timeout}s"
     else:

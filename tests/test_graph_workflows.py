@@ -6,7 +6,10 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import pytest
 from pydantic import BaseModel
+
+from agentflow import NodeFailedError
 
 from agentflow._events import Event, ModelCallEvent, emit, observe
 from agentflow._graph import END, START, Append, GraphBuilder
@@ -193,6 +196,24 @@ async def test_subgraph_default_mapping_copies_shared_fields() -> None:
     g.add_sequence(START, "inner", END)
     state, _ = await g.compile().run(Doc(topic="abc", log=["kept"]))
     assert state.text == "ABC" and state.log == ["kept"]
+
+
+async def test_a_failing_subgraph_node_is_named_once_with_one_fix() -> None:
+    class Inner(BaseModel):
+        topic: str
+
+    def boom(s: Inner) -> dict[str, Any]:
+        raise ValueError("bad topic")
+
+    c: GraphBuilder[Inner, None] = GraphBuilder(Inner)
+    c.add_node("answer", boom).add_sequence(START, "answer", END)
+    g: GraphBuilder[Doc, None] = GraphBuilder(Doc)
+    g.add_node("read", c).add_sequence(START, "read", END)
+    with pytest.raises(NodeFailedError) as info:
+        await g.compile().run(Doc(topic="abc"))
+    message = str(info.value)
+    assert "'read'" in message and "'answer'" in message and "bad topic" in message
+    assert message.count("fix the node") == 1
 
 
 async def test_emit_outside_a_run_is_a_no_op_and_inside_sums_usage() -> None:

@@ -1,0 +1,177 @@
+"""`agentflow compare` with scripted models: the report, resume after a kill, the response cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from agentflow import ChatRequest, ConfigError, RunConfigMismatchError, load_dataset
+from agentflow._compare import CompareConfig, Comparison
+from agentflow.testing import FunctionModel, Reply
+
+DATA = Path(__file__).parent / "data"
+SMALL, LARGE = "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"
+GOLD = {  # a phrase of each question -> its gold answer
+    "Kiss and Tell": "Chief of Protocol",
+    "enslaved worlds": "Animorphs",
+    "Big Stone Gap": "Greenwich Village, New York City",
+    "Scott Derrickson": "yes",
+    "Laleli Mosque": "no",
+}
+
+
+def _question(req: ChatRequest) -> str:
+    return req.messages[-1].content.rsplit("Question:", 1)[-1]
+
+
+def oracle(name: str, *, right: set[str], prob: float) -> FunctionModel:
+    """Answers right on the questions whose key is in `right`, wrong elsewhere, with token prob `prob`."""
+
+    def answer(req: ChatRequest) -> Reply:
+        q = _question(req)
+        key = next(k for k in GOLD if k in q)
+        return Reply(GOLD[key] if key in right else "Nobody", prob=prob)
+
+    return FunctionModel(answer, name=name)
+
+
+def _examples() -> list:  # type: ignore[type-arg]
+    return load_dataset(DATA / "hotpotqa_dev.jsonl")
+
+
+def _config(examples: list, **kw: object) -> CompareConfig:  # type: ignore[type-arg]
+    base: dict[str, object] = {
+        "dataset": "hotpotqa",
+        "question_ids": tuple(e.id for e in examples),
+        "arms": ("agent", "large", "small", "large-retrieval"),
+        "threshold": 0.8,
+        "small_model": SMALL,
+        "large_model": LARGE,
+    }
+    base.update(kw)
+    return CompareConfig(**base)  # type: ignore[arg-type]
+
+
+async def test_report_has_every_figure_per_arm_and_per_question(tmp_path: Path) -> None:
+    examples = _examples()
+    small = oracle(SMALL, right={"enslaved worlds", "Scott Derrickson"}, prob=0.5)  # unsure: always escalates
+    large = oracle(LARGE, right=set(GOLD), prob=0.95)
+    report = await Comparison(_config(examples), examples, small, large, tmp_path).run()
+
+    arms = {a["name"]: a for a in report["arms"]}
+    assert set(arms) == {"agent", "large", "small", "large-retrieval"}
+    for arm in arms.values():
+        for key in ("n", "em", "f1", "tokens", "flops", "wall_s", "calls", "escalation_rate", "em_ci95"):
+            assert key in arm, key
+        assert arm["n"] == 5
+    assert arms["small"]["em"] == pytest.approx(0.4)
+    assert arms["large"]["em"] == 1.0 and arms["agent"]["em"] == 1.0
+    assert arms["agent"]["escalation_rate"] == 1.0  # prob 0.5 < threshold 0.8 on every question
+    assert set(arms["agent"]["tokens"]) == {SMALL, LARGE}
+    # FLOPs are 2 x active parameters x tokens, from the catalog.
+    large_tokens = arms["large"]["tokens"][LARGE]
+    assert arms["large"]["flops"] == pytest.approx(
+        2 * 1.78e9 * (large_tokens["prompt_tokens"] + large_tokens["completion_tokens"])
+    )
+    # The large arm reads all ten paragraphs, the retrieval arms two: far fewer prompt tokens.
+    assert arms["large-retrieval"]["prompt_tokens"] < arms["large"]["prompt_tokens"] / 2
+    assert report["comparisons"], "the paired difference between arms is reported"
+    assert len(report["questions"]) == 5
+    for name in ("report.json", "report.md", "pareto.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "| agent |" in (tmp_path / "report.md").read_text()
+    # Labelled confidences of the single-model arms, ready for `agentflow calibrate`.
+    lines = [json.loads(x) for x in (tmp_path / "calibration.jsonl").read_text().splitlines()]
+    assert {x["rung"] for x in lines} == {SMALL, LARGE}
+    assert all(0.0 <= x["score"] <= 1.0 for x in lines)
+
+
+async def test_confident_small_model_answers_alone(tmp_path: Path) -> None:
+    examples = _examples()
+    small = oracle(SMALL, right=set(GOLD), prob=0.99)
+    large = oracle(LARGE, right=set(GOLD), prob=0.99)
+    report = await Comparison(_config(examples, arms=("agent",)), examples, small, large, tmp_path).run()
+    (agent,) = report["arms"]
+    assert agent["escalation_rate"] == 0.0
+    assert set(agent["tokens"]) == {SMALL}
+    assert large.requests == []
+
+
+async def test_a_rerun_with_the_same_settings_costs_nothing(tmp_path: Path) -> None:
+    examples = _examples()
+    cache = tmp_path / "responses.sqlite"
+    first_small, first_large = oracle(SMALL, right=set(GOLD), prob=0.5), oracle(LARGE, right=set(GOLD), prob=0.9)
+    cfg = _config(examples, arms=("agent", "large"))
+    await Comparison(cfg, examples, first_small, first_large, tmp_path / "a").run(cache)
+    assert first_small.requests and first_large.requests
+
+    again_small, again_large = oracle(SMALL, right=set(), prob=0.5), oracle(LARGE, right=set(), prob=0.9)
+    report = await Comparison(cfg, examples, again_small, again_large, tmp_path / "b").run(cache)
+    assert again_small.requests == [] and again_large.requests == []
+    arms = {a["name"]: a for a in report["arms"]}
+    assert arms["large"]["em"] == 1.0  # the cached answers, not the new (wrong) models
+    assert arms["large"]["cached_tokens"], "the report says which tokens came from the cache"
+
+
+async def test_other_settings_in_the_same_folder_are_refused(tmp_path: Path) -> None:
+    examples = _examples()
+    small, large = oracle(SMALL, right=set(), prob=0.99), oracle(LARGE, right=set(), prob=0.99)
+    await Comparison(_config(examples, arms=("small",)), examples, small, large, tmp_path).run()
+    with pytest.raises(RunConfigMismatchError):
+        await Comparison(_config(examples, arms=("small",), workflow="cot"), examples, small, large, tmp_path).run()
+
+
+def test_bad_arm_names_are_clear_errors() -> None:
+    with pytest.raises(ConfigError, match="choose from"):
+        CompareConfig(dataset="x", question_ids=(), arms=("medium",))  # type: ignore[arg-type]
+
+
+KILLED_RUN = textwrap.dedent(
+    """
+    import asyncio, os, signal, sys
+    from pathlib import Path
+    sys.path.insert(0, {tests!r})
+    from test_compare import _config, _examples, oracle, SMALL, LARGE, GOLD
+    from agentflow._compare import Comparison
+    from agentflow.testing import FunctionModel, Reply
+
+    asked = Path({asked!r})
+
+    def answer(req):
+        q = req.messages[-1].content.rsplit("Question:", 1)[-1]
+        key = next(k for k in GOLD if k in q)
+        with asked.open("a") as f:
+            f.write(key + "\\n")
+        if key == "Big Stone Gap":  # the third question: die mid-run, as a kill would
+            os.kill(os.getpid(), signal.SIGKILL)
+        return Reply(GOLD[key], prob=0.99)
+
+    examples = _examples()
+    small = FunctionModel(answer, name=SMALL)
+    large = oracle(LARGE, right=set(GOLD), prob=0.99)
+    asyncio.run(Comparison(_config(examples, arms=("small",)), examples, small, large, Path({out!r})).run())
+    """
+)
+
+
+async def test_a_killed_run_resumes_without_answering_any_question_twice(tmp_path: Path) -> None:
+    asked = tmp_path / "asked.txt"
+    out = tmp_path / "out"
+    script = KILLED_RUN.format(tests=str(Path(__file__).parent), asked=str(asked), out=str(out))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=os.environ)
+    assert proc.returncode == -9, proc.stderr
+    assert asked.read_text().splitlines() == ["Kiss and Tell", "enslaved worlds", "Big Stone Gap"]
+
+    examples = _examples()
+    small = oracle(SMALL, right=set(GOLD), prob=0.99)
+    large = oracle(LARGE, right=set(GOLD), prob=0.99)
+    report = await Comparison(_config(examples, arms=("small",)), examples, small, large, out).run()
+    again = [next(k for k in GOLD if k in _question(r)) for r in small.requests]
+    assert again == ["Big Stone Gap", "Scott Derrickson", "Laleli Mosque"]  # the two answered ones are kept
+    assert report["arms"][0]["n"] == 5
