@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -160,7 +161,7 @@ KILLED_RUN = textwrap.dedent(
 )
 
 
-async def test_a_killed_run_resumes_without_answering_any_question_twice(tmp_path: Path) -> None:
+def test_a_killed_run_resumes_without_answering_any_question_twice(tmp_path: Path) -> None:
     asked = tmp_path / "asked.txt"
     out = tmp_path / "out"
     script = KILLED_RUN.format(tests=str(Path(__file__).parent), asked=str(asked), out=str(out))
@@ -171,7 +172,7 @@ async def test_a_killed_run_resumes_without_answering_any_question_twice(tmp_pat
     examples = _examples()
     small = oracle(SMALL, right=set(GOLD), prob=0.99)
     large = oracle(LARGE, right=set(GOLD), prob=0.99)
-    report = await Comparison(_config(examples, arms=("small",)), examples, small, large, out).run()
+    report = asyncio.run(Comparison(_config(examples, arms=("small",)), examples, small, large, out).run())
     again = [next(k for k in GOLD if k in _question(r)) for r in small.requests]
     assert again == ["Big Stone Gap", "Scott Derrickson", "Laleli Mosque"]  # the two answered ones are kept
     assert report["arms"][0]["n"] == 5

@@ -10,7 +10,6 @@ import pytest
 from pydantic import BaseModel
 
 from agentflow import NodeFailedError
-
 from agentflow._events import Event, ModelCallEvent, emit, observe
 from agentflow._graph import END, START, Append, GraphBuilder
 from agentflow._graph_plan import Ctx
