@@ -35,6 +35,7 @@ from ._config import (
     DEFAULT_TIMEOUT_S,
     RetryPolicy,
 )
+from ._events import ModelCallEvent, emit
 from ._exceptions import (
     BadResponseError,
     ConfigError,
@@ -188,7 +189,9 @@ class ModelClient:
     async def complete(self, request: ChatRequest) -> Completion:
         """Answer one chat request; a request with `output` returns the validated value in `.parsed`."""
         structured = Structured(request.output) if request.output is not None else None
-        return await self._complete(request, structured, self._structured_retries)
+        out = await self._complete(request, structured, self._structured_retries)
+        emit(ModelCallEvent(out.model or self.name, out.usage, out.latency_s, out.cached))  # usage reaches a run
+        return out
 
     async def chat(self, messages: Sequence[Message] | str, **params: Any) -> Completion:
         """`complete(ChatRequest.of(messages, **params))`: params are ChatRequest fields (max_tokens, logprobs...)."""

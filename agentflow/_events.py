@@ -189,8 +189,17 @@ def bound(bus: RunBus) -> Iterator[RunBus]:
         _BUS.reset(token)
 
 
+# Set by an observe() wrapper while its model runs: a ModelCallEvent sent from inside (a ModelClient reports
+# its own calls) marks it, and the wrapper then stays quiet, so a call is never counted twice.
+_REPORTED: ContextVar[list[bool] | None] = ContextVar("agentflow_reported", default=None)
+
+
 def emit(event: Event) -> None:
     """Send `event` to the current run's listeners. A no-op outside a run; ModelCallEvents add to its usage."""
+    if type(event) is ModelCallEvent:
+        mark = _REPORTED.get()
+        if mark is not None:
+            mark[0] = True
     bus = _BUS.get()
     if bus is None:
         return
@@ -267,14 +276,27 @@ class _Observed:
 
     async def complete(self, request: ChatRequest) -> Completion:
         t0 = time.perf_counter()
-        out = await self._model.complete(request)
+        mark = [False]
+        token = _REPORTED.set(mark)
+        try:
+            out = await self._model.complete(request)
+        finally:
+            _REPORTED.reset(token)
+        if mark[0]:  # the wrapped model reported its calls itself
+            outer = _REPORTED.get()
+            if outer is not None:
+                outer[0] = True
+            return out
         latency = out.latency_s or (time.perf_counter() - t0)
         emit(ModelCallEvent(out.model or self._model.name, out.usage, latency, out.cached))
         return out
 
 
 def observe(model: Model) -> Model:
-    """Wrap `model` so every `complete()` reports a ModelCallEvent to the current run (usage reaches the record)."""
+    """Wrap `model` so every `complete()` reports a ModelCallEvent to the current run (usage reaches the record).
+
+    For a Model of your own: ModelClient reports its calls itself. A call is never counted twice, however the
+    models are wrapped (a Router of observed models, an observed Router of clients)."""
     if isinstance(model, _Observed):
         return model
     return _Observed(model)

@@ -106,3 +106,34 @@ def test_main_exits_1_on_agentflow_errors(monkeypatch: pytest.MonkeyPatch, capsy
         cli.main()
     assert info.value.code == 1
     assert "unknown model 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "fix"),
+    [
+        (["--rows", "0,x"], "0-19,250-269"),
+        (["--rows", "0", "--limit", "2"], "not both"),
+        (["--workflow", "magic"], "choose one of"),
+        (["--arms", "agent,huge"], "huge"),
+        (["--dataset", "nosuchset"], "nosuchset"),
+    ],
+)
+def test_compare_refuses_bad_options_before_starting_anything(args: list[str], fix: str, tmp_path: Path) -> None:
+    result = runner.invoke(cli.app, ["compare", *args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    assert fix in result.output
+    assert "starting local llama.cpp" not in result.output and not (tmp_path / "out").exists()
+
+
+def test_graph_prints_the_mermaid_diagram_of_a_ready_made_workflow() -> None:
+    result = runner.invoke(cli.app, ["graph", "workflows.verify:build"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "flowchart TD"
+    assert any('"answer (max 3)"' in line for line in lines)  # the retry bound is on the diagram
+
+
+def test_graph_with_a_bad_spec_names_the_form() -> None:
+    result = runner.invoke(cli.app, ["graph", "no_such_module_xyz:g"])
+    assert result.exit_code == 1
+    assert "cannot import module 'no_such_module_xyz'" in result.output

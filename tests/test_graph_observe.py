@@ -146,3 +146,26 @@ async def test_jsonl_trace(tmp_path: Path) -> None:
     assert first[4]["status"] == "ok" and first[4]["state"] == {"log": ["hello"], "ok": False}
     assert all(isinstance(r["ts"], float) for r in rows)
     assert sum(r["event"] == "RunFinished" for r in rows) == 2
+
+
+async def test_a_model_client_in_a_node_reaches_the_record_once_however_it_is_wrapped() -> None:
+    from agentflow import ModelClient
+    from agentflow.testing import FakeOpenAIServer
+
+    class S(BaseModel):
+        q: str
+        a: str = ""
+
+    server = FakeOpenAIServer(["4"], repeat_last=True)
+    async with ModelClient("http://127.0.0.1:9/v1", "m", transport=server.transport) as client:
+        for model in (client, observe(client), observe(observe(client))):
+
+            async def ask(s: S, ctx: Any, model: Any = model) -> dict[str, Any]:
+                c = await model.complete(ChatRequest.of(s.q))
+                return {"a": c.text}
+
+            g: Any = GraphBuilder(S)
+            g.add_node("ask", ask).add_sequence(START, "ask", END)
+            _, record = await g.compile().run(S(q="2+2?"))
+            assert record.usage.requests == 1, model
+            assert record.usage_by_node["ask"].requests == 1

@@ -1,0 +1,82 @@
+"""Every script in examples/ runs as a user would run it, on real local models, and prints what it promises."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import real_model_skip_reason
+
+pytestmark = pytest.mark.real_model
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_example(name: str, *args: str, roles: tuple[str, ...] = ("smoke",)) -> str:
+    for role in roles:
+        reason = real_model_skip_reason(role)  # type: ignore[arg-type]
+        if reason is not None:
+            pytest.skip(reason)
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True, timeout=600, cwd=EXAMPLES.parent
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def _line(out: str, prefix: str) -> Any:
+    """The JSON printed after `prefix` on its line of `out`."""
+    return json.loads(next(line for line in out.splitlines() if line.startswith(prefix)).removeprefix(prefix))
+
+
+def _bill(out: str) -> dict[str, Any]:
+    return _line(out, "bill: ")  # type: ignore[no-any-return]
+
+
+def test_every_example_has_a_test() -> None:
+    tested = {"ask.py", "verify_loop.py", "router_budget.py", "my_workflow.py"}
+    assert {p.name for p in EXAMPLES.glob("*.py")} == tested
+
+
+def test_ask() -> None:
+    out = run_example("ask.py")
+    assert re.search(r"^answer: '.+' \(\d+ tokens, [\d.]+s\)$", out, re.M), out
+    assert re.search(r"^structured: City\(name='.+', country='.+'\)$", out, re.M), out
+
+
+def test_verify_loop() -> None:
+    out = run_example("verify_loop.py")
+    match = re.search(r"^answer: '(.*)' accepted=(True|False) attempts=(\d)$", out, re.M)
+    assert match, out
+    assert 1 <= int(match.group(3)) <= 3
+    bill = _bill(out)
+    assert bill["requests"] == int(match.group(3))  # one model call per attempt, each on the bill
+    assert bill["flops"] > 0 and bill["escalations"] == 0
+
+
+def test_router_budget() -> None:
+    out = run_example("router_budget.py", roles=("smoke", "small"))
+    answers = re.findall(r"^  -> '.*' from (\S+)$", out, re.M)
+    assert len(answers) == 2 and set(answers) <= {"smollm2-135m", "qwen2.5-coder-0.5b"}
+    bill = _bill(out)
+    escalated = answers.count("qwen2.5-coder-0.5b")
+    assert bill["escalations"] == escalated and bill["requests"] == 2 + escalated
+
+
+def test_my_workflow() -> None:
+    out = run_example("my_workflow.py")
+    assert out.startswith("flowchart TD")
+    samples = json.loads(
+        next(line for line in out.splitlines() if line.startswith("samples: ")).removeprefix("samples: ")
+    )
+    assert len(samples) == 3
+    match = re.search(r"^answer: '(.*)' agreement=([\d.]+)$", out, re.M)
+    assert match and match.group(1) in samples
+    assert float(match.group(2)) == pytest.approx(samples.count(match.group(1)) / 3, abs=0.01)
+    nodes = _line(out, "nodes: ")
+    assert nodes == {"sample0": 1, "sample1": 1, "sample2": 1, "vote": 0}  # each sample's call is on its node
+    assert _bill(out)["requests"] == 3
