@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Annotated, Any, cast
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from ._catalog import ROLES, get_model
 from ._exceptions import ConfigError
@@ -194,7 +197,53 @@ async def _compare(**o: Any) -> None:
             for arm in config.arms:  # answers already stored (a resumed run) count as done
                 progress.update(tasks[arm], completed=len(comparison.stored_ids(arm)))
             report = await comparison.run(cache_path)
+    if len(report["questions"]) <= _SHOW_ANSWERS:
+        console.print(_answers_table(report))
     console.print(render_table(report))
+    for line in _verdicts(report):
+        console.print(line)
     console.print(f"report: {o['out'] / 'report.json'}, {o['out'] / 'report.md'}, {o['out'] / 'pareto.png'}")
     if (o["out"] / "calibration.jsonl").exists():
         console.print(f"labelled confidences for `agentflow calibrate`: {o['out'] / 'calibration.jsonl'}")
+
+
+_SHOW_ANSWERS = 12  # a short run also prints every answer
+
+
+def _answers_table(report: Mapping[str, Any]) -> Table:
+    """One row per question: the gold answer and each arm's answer, marked right or wrong, with its model."""
+    arms = [a["name"] for a in report["arms"]]
+    table = Table(title="answers", show_lines=True)
+    table.add_column("question", ratio=3)
+    table.add_column("gold", ratio=1)
+    for arm in arms:
+        table.add_column(arm, ratio=2)
+    for q in report["questions"]:
+        cells = []
+        for arm in arms:
+            a = q["arms"].get(arm)
+            if a is None:
+                cells.append("")
+            elif a["error"]:
+                cells.append(f"[red]error[/red] {escape(a['error'][:80])}")
+            else:
+                mark = "[green]✓[/green]" if a["correct"] else "[red]✗[/red]"
+                cells.append(f"{mark} {escape(a['answer'][:80])} [dim]({a['model']})[/dim]")
+        table.add_row(escape(q["question"]), escape(q["gold"]), *cells)
+    return table
+
+
+def _verdicts(report: Mapping[str, Any]) -> list[str]:
+    """A sentence per paired comparison: the exact-match difference with its interval, and the compute ratio."""
+    arms = {a["name"]: a for a in report["arms"]}
+    lines = []
+    for c in report["comparisons"]:
+        a, b = arms[c["a"]], arms[c["b"]]
+        # The report holds b - a; say it as a - b (adding 0.0 turns -0.0 into 0.0).
+        diff, lo, hi = (round(-100 * x, 1) + 0.0 for x in (c["diff"], c["ci95"][1], c["ci95"][0]))
+        ratio = f"{a['flops'] / b['flops']:.2f}x" if b["flops"] else "n/a"
+        lines.append(
+            f"{c['a']} vs {c['b']}: exact match {diff:+.1f} points "
+            f"(95% CI {lo:+.1f} to {hi:+.1f} on {c['n']} questions), at {ratio} the FLOPs"
+        )
+    return lines
