@@ -96,6 +96,7 @@ def get_model(name: str) -> ModelSpec:
 
 
 def list_models() -> list[ModelSpec]:
+    """Every model in the catalog, in registration order."""
     return list(_CATALOG.values())
 
 

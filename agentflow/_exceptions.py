@@ -76,6 +76,8 @@ class ConfigError(AgentFlowError):
 
 
 class UnknownModelError(ConfigError):
+    """A model name missing from the catalog; the message lists the known names."""
+
     def __init__(self, name: str, known: list[str]) -> None:
         self.name = name
         super().__init__(
@@ -85,6 +87,8 @@ class UnknownModelError(ConfigError):
 
 
 class MissingDependencyError(ConfigError):
+    """An optional extra is not installed; `install` is the pip command that fixes it."""
+
     def __init__(self, what: str, install: str) -> None:
         self.install = install
         super().__init__(f"{what} is not installed: install it with `{install}`")
@@ -108,6 +112,8 @@ class RunConfigMismatchError(ConfigError):
 
 
 class DatasetError(ConfigError):
+    """A dataset file or line that does not parse; `path` and `line` say where."""
+
     def __init__(self, message: str, *, path: str | None = None, line: int | None = None) -> None:
         self.path = path
         self.line = line
@@ -137,14 +143,20 @@ class ModelError(AgentFlowError):
 
 
 class ServerUnavailableError(ModelError):
+    """Nothing answers at the server's URL (retried)."""
+
     retryable = True
 
 
 class ModelTimeoutError(ModelError):
+    """The request took longer than its timeout (retried)."""
+
     retryable = True
 
 
 class RateLimitedError(ModelError):
+    """HTTP 429; `retry_after` holds the server's Retry-After in seconds (retried, honouring it)."""
+
     retryable = True
 
     def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
@@ -153,14 +165,20 @@ class RateLimitedError(ModelError):
 
 
 class ServerError(ModelError):
+    """HTTP 5xx from the server (retried)."""
+
     retryable = True
 
 
 class RequestRejectedError(ModelError):
+    """Any other HTTP 4xx: the request itself is wrong (not retried)."""
+
     retryable = False
 
 
 class BadResponseError(ModelError):
+    """The server answered with something that is not a completion (HTML, empty, missing fields)."""
+
     retryable = False
 
 
@@ -169,6 +187,8 @@ class ConfidenceError(AgentFlowError):
 
 
 class StructuredOutputError(AgentFlowError):
+    """Output that stayed truncated or invalid after its retries; `raw_text` holds the last answer."""
+
     def __init__(self, message: str, *, raw_text: str, attempts: int, finish_reason: str | None) -> None:
         self.raw_text = raw_text
         self.attempts = attempts
@@ -202,6 +222,8 @@ class GraphRunError(AgentFlowError):
 
 
 class RoutingError(GraphRunError):
+    """A conditional edge returned a node it did not declare; names both."""
+
     def __init__(self, source: str, target: str, declared: list[str]) -> None:
         self.source = source
         self.target = target
@@ -212,6 +234,8 @@ class RoutingError(GraphRunError):
 
 
 class NodeError(GraphRunError):
+    """A node raised, or ran out of its retries or its timeout."""
+
     def __init__(self, node: str, message: str) -> None:
         self.node = node
         super().__init__(f"node {node!r}: {message}")

@@ -106,6 +106,7 @@ def parse_yes_no(prediction: str) -> bool | None:
 
 
 def yes_no_match(prediction: str, gold: str | bool) -> bool:
+    """StrategyQA scoring: the first yes/no/true/false word of each side, and they agree."""
     want = parse_yes_no(gold) if isinstance(gold, str) else gold
     got = parse_yes_no(prediction)
     return want is not None and got is not None and got == want
