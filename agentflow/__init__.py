@@ -23,7 +23,7 @@ from ._confidence import (
     estimator,
 )
 from ._config import DEFAULT_RETRY, NO_RETRY, RetryPolicy
-from ._data import Example, Paragraph, load_dataset
+from ._data import Example, Paragraph, from_hf_dataset, from_records, load_dataset
 from ._events import (
     ErrorEvent,
     Event,
@@ -146,6 +146,8 @@ __all__ = [
     "estimator",
     "exact_match",
     "f1_score",
+    "from_hf_dataset",
+    "from_records",
     "get_model",
     "installed_models",
     "list_models",
