@@ -280,8 +280,11 @@ class ModelClient:
         _sampling(body, request.top_p, request.seed, request.stop)
         if request.logprobs:
             body["logprobs"] = True
-            if request.top_logprobs > 0:
-                body["top_logprobs"] = request.top_logprobs
+            # llama.cpp's server sends no logprobs at all unless top_logprobs >= 1; alternatives the request
+            # did not ask for are dropped again when the answer is parsed.
+            top = max(request.top_logprobs, 1) if self._dialect == "llama_cpp" else request.top_logprobs
+            if top > 0:
+                body["top_logprobs"] = top
         if request.output is not None:
             body.update(constraint_body(request.output, self._dialect))
         return body

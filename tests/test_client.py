@@ -112,6 +112,15 @@ async def test_chat_logprobs_without_top_k_has_no_alternatives() -> None:
     assert all(t.top == () and t.logprob == pytest.approx(math.log(0.5)) for t in done.logprobs)
 
 
+async def test_llama_cpp_gets_top_logprobs_one_so_it_sends_logprobs_at_all() -> None:
+    lps = (("a", -0.1, (("a", -0.1),)), ("b", -0.2, (("b", -0.2),)))
+    server = FakeOpenAIServer([FakeResponse("a b", logprobs=lps)])
+    async with ModelClient("http://127.0.0.1:9/v1", "m", dialect="llama_cpp", transport=server.transport) as client:
+        done = await client.chat("hi", logprobs=True)
+    assert server.requests[0]["logprobs"] is True and server.requests[0]["top_logprobs"] == 1
+    assert done.logprobs is not None and [t.top for t in done.logprobs] == [(), ()]  # none were asked for
+
+
 async def test_null_logprob_becomes_minus_infinity() -> None:
     body = {
         "choices": [
