@@ -528,10 +528,16 @@ class Budget:
         res.budget._charge(res.model, actual, bill)
         return actual
 
-    def fail(self, res: Reservation) -> None:
-        """Release `res` for a call that raised; it counts as one request and no tokens."""
+    def fail(self, res: Reservation, usage: Usage | None = None) -> None:
+        """Release `res` for a call that raised. It counts as one request, plus the tokens the error says
+        were spent (`usage`: e.g. a StructuredOutputError's invalid answers)."""
         res.budget._release(res)
-        res.budget._charge(res.model, Spend(requests=1), ModelBill(requests=1, failed=1))
+        if usage is None or usage.requests == 0:
+            res.budget._charge(res.model, Spend(requests=1), ModelBill(requests=1, failed=1))
+            return
+        spent = _spend_for(res.spec, usage.prompt_tokens, usage.completion_tokens, usage.requests)
+        bill = ModelBill(spent.requests, spent.prompt_tokens, spent.completion_tokens, spent.flops, spent.cost_usd)
+        res.budget._charge(res.model, spent, bill + ModelBill(failed=1))
 
     def cancel(self, res: Reservation) -> None:
         """Release `res` for a call that never reached a server; nothing is charged."""
@@ -582,8 +588,9 @@ class BudgetedModel:
         except BudgetExceeded:
             self.budget.cancel(res)
             raise
-        except Exception:
-            self.budget.fail(res)
+        except Exception as e:
+            usage = getattr(e, "usage", None)  # an error may say what the failed call still spent
+            self.budget.fail(res, usage if isinstance(usage, Usage) else None)
             raise
         except BaseException:  # cancelled: the server may have started, but we cannot know its usage
             self.budget.cancel(res)

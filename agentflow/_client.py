@@ -189,9 +189,7 @@ class ModelClient:
     async def complete(self, request: ChatRequest) -> Completion:
         """Answer one chat request; a request with `output` returns the validated value in `.parsed`."""
         structured = Structured(request.output) if request.output is not None else None
-        out = await self._complete(request, structured, self._structured_retries)
-        emit(ModelCallEvent(out.model or self.name, out.usage, out.latency_s, out.cached))  # usage reaches a run
-        return out
+        return await self._complete_reported(request, structured, self._structured_retries)
 
     async def chat(self, messages: Sequence[Message] | str, **params: Any) -> Completion:
         """`complete(ChatRequest.of(messages, **params))`: params are ChatRequest fields (max_tokens, logprobs...)."""
@@ -238,7 +236,7 @@ class ModelClient:
         retries = self._structured_retries if structured_retries is None else structured_retries
         if retries < 0:
             raise ConfigError(f"structured_retries={retries} must not be negative: pass 0 or more")
-        completion = await self._complete(request, structured, retries)
+        completion = await self._complete_reported(request, structured, retries)
         return completion.parsed
 
     async def text_complete(
@@ -266,7 +264,9 @@ class ModelClient:
         start = self._clock()
         data = await self._post("/completions", body)
         wire = parse_text_completion(data, self._url, top_logprobs=top_logprobs if logprobs else 0)
-        return self._completion(wire, wire.usage, None, start)
+        out = self._completion(wire, wire.usage, None, start)
+        emit(ModelCallEvent(out.model or self.name, out.usage, out.latency_s, out.cached))
+        return out
 
     # --- internals -------------------------------------------------------------------------------
 
@@ -288,6 +288,18 @@ class ModelClient:
         if request.output is not None:
             body.update(constraint_body(request.output, self._dialect))
         return body
+
+    async def _complete_reported(self, request: ChatRequest, structured: Structured | None, retries: int) -> Completion:
+        """`_complete`, reporting what it spent to the current graph run (a no-op outside one)."""
+        start = self._clock()
+        try:
+            out = await self._complete(request, structured, retries)
+        except StructuredOutputError as e:  # the failed attempts were paid for: the run record counts them
+            if e.usage is not None:
+                emit(ModelCallEvent(self.name, e.usage, self._clock() - start, False))
+            raise
+        emit(ModelCallEvent(out.model or self.name, out.usage, out.latency_s, out.cached))
+        return out
 
     async def _complete(self, request: ChatRequest, structured: Structured | None, retries: int) -> Completion:
         body = self._chat_body(request)  # raises UnsupportedConstraintError before anything is sent
@@ -323,6 +335,7 @@ class ModelClient:
             raw_text=wire.text,
             attempts=attempts,
             finish_reason=wire.finish_reason,
+            usage=usage,
         )
 
     def _completion(self, wire: WireCompletion, usage: Usage, parsed: Any, start: float) -> Completion:

@@ -34,7 +34,10 @@ Every error says what was wrong and how to fix it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._types import Usage
 
 __all__ = [
     "AgentFlowError",
@@ -189,10 +192,13 @@ class ConfidenceError(AgentFlowError):
 class StructuredOutputError(AgentFlowError):
     """Output that stayed truncated or invalid after its retries; `raw_text` holds the last answer."""
 
-    def __init__(self, message: str, *, raw_text: str, attempts: int, finish_reason: str | None) -> None:
+    def __init__(
+        self, message: str, *, raw_text: str, attempts: int, finish_reason: str | None, usage: Usage | None = None
+    ) -> None:
         self.raw_text = raw_text
         self.attempts = attempts
         self.finish_reason = finish_reason
+        self.usage = usage  # what the failed attempts cost: budgets and run records still count it
         super().__init__(message)
 
 

@@ -18,7 +18,7 @@ from agentflow._budget import (
     estimate_text_tokens,
 )
 from agentflow._catalog import get_model
-from agentflow._exceptions import BudgetExceeded, ConfigError, ServerError, UnknownModelError
+from agentflow._exceptions import BudgetExceeded, ConfigError, ServerError, StructuredOutputError, UnknownModelError
 from agentflow._types import ChatRequest, Completion, Message, Usage
 from agentflow.testing import FunctionModel, Reply, ScriptedModel
 
@@ -204,6 +204,21 @@ async def test_failed_call_counts_a_request_and_releases() -> None:
     with pytest.raises(ServerError):
         await m.complete(ChatRequest.of("q"))
     assert b.reserved == Spend() and b.spent == Spend(requests=1)
+    assert b.bill().models[SMALL].failed == 1
+
+
+async def test_a_failed_structured_call_is_charged_what_its_attempts_spent() -> None:
+    def invalid(req: ChatRequest) -> str:
+        raise StructuredOutputError("no valid JSON", raw_text="x", attempts=3, finish_reason="stop",
+                                    usage=Usage(requests=3, prompt_tokens=30, completion_tokens=12))  # fmt: skip
+
+    b = Budget()
+    m = b.wrap(FunctionModel(invalid, name=SMALL))
+    with pytest.raises(StructuredOutputError):
+        await m.complete(ChatRequest.of("q"))
+    assert b.reserved == Spend()
+    assert b.spent.requests == 3 and b.spent.prompt_tokens == 30 and b.spent.completion_tokens == 12
+    assert b.spent.flops == pytest.approx(get_model(SMALL).flops(42))
     assert b.bill().models[SMALL].failed == 1
 
 

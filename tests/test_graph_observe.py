@@ -169,3 +169,24 @@ async def test_a_model_client_in_a_node_reaches_the_record_once_however_it_is_wr
             _, record = await g.compile().run(S(q="2+2?"))
             assert record.usage.requests == 1, model
             assert record.usage_by_node["ask"].requests == 1
+
+
+async def test_a_failed_structured_call_still_reaches_the_record() -> None:
+    from agentflow import ModelClient, NodeFailedError
+    from agentflow.testing import FakeOpenAIServer
+
+    class S(BaseModel):
+        q: str
+        n: int = 0
+
+    server = FakeOpenAIServer(["not a number"], repeat_last=True)
+    async with ModelClient("http://127.0.0.1:9/v1", "m", transport=server.transport, structured_retries=1) as client:
+
+        async def ask(s: S) -> dict[str, Any]:
+            return {"n": await client.parse(s.q, int)}
+
+        g: Any = GraphBuilder(S)
+        g.add_node("ask", ask).add_sequence(START, "ask", END)
+        with pytest.raises(NodeFailedError) as info:
+            await g.compile().run(S(q="2+2?"))
+    assert info.value.record.usage.requests == 2  # both invalid answers were paid for

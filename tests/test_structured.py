@@ -253,6 +253,8 @@ async def test_invalid_output_retried_within_bound_then_error_with_raw_text() ->
     assert info.value.raw_text == '{"name": "Paris"}'
     assert info.value.attempts == 2
     assert "population" in str(info.value)
+    usage = info.value.usage
+    assert usage is not None and usage.requests == 2 and usage.completion_tokens > 0  # both attempts were paid for
 
 
 async def test_structured_retries_per_call_overrides_the_client() -> None:
