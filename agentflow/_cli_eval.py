@@ -82,7 +82,7 @@ def compare(
     rows: Annotated[str | None, typer.Option(help="row numbers, e.g. 0-19,250-269 (instead of --limit)")] = None,
     workflow: Annotated[str, typer.Option(help="the agent's workflow: direct, cot, sc, verify, decompose")] = "direct",
     arms: Annotated[
-        str, typer.Option(help="comma-separated: agent, large, large-retrieval, small, large-cot")
+        str, typer.Option(help="comma-separated: agent, large, large-retrieval, small, large-cot, cascade")
     ] = "agent,large",
     retrieve_k: Annotated[int, typer.Option(help="paragraphs the agent reads")] = 2,
     threshold: Annotated[float | None, typer.Option(help="escalate when the small model's confidence is below")] = None,

@@ -11,6 +11,10 @@ killed run resumes where it stopped, spending nothing twice); model responses go
   small models is not confused with the saving from shorter prompts.
 - `small`: the small model alone behind the same retrieval and workflow (what routing adds).
 - `large-cot`: the large model with chain-of-thought over the full context.
+- `cascade`: the small model behind retrieval as in `small`; when its confidence is below the threshold,
+  the large model answers over the full context as in `large` (a cheap try first, the full expensive
+  answer only where it is needed). Its calls are the `small` and `large` arms' calls, so next to those
+  arms it is answered from the response cache.
 
 Models are passed in (any `Model`); the CLI starts local llama.cpp servers or uses given URLs.
 """
@@ -25,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ._budget import Budget, BudgetLimits
-from ._calibration import Thresholds
+from ._calibration import DEFAULT_THRESHOLD, Thresholds
 from ._confidence import ConfidenceState, Estimator, TokenProb
 from ._data import Example
 from ._exceptions import AgentFlowError, ConfidenceError, ConfigError
@@ -37,8 +41,8 @@ from ._types import ChatRequest, Completion, Model
 
 __all__ = ["ARMS", "ArmName", "CompareConfig", "Comparison", "Meter"]
 
-ArmName = Literal["agent", "large", "large-retrieval", "small", "large-cot"]
-ARMS: tuple[ArmName, ...] = ("agent", "large", "large-retrieval", "small", "large-cot")
+ArmName = Literal["agent", "large", "large-retrieval", "small", "large-cot", "cascade"]
+ARMS: tuple[ArmName, ...] = ("agent", "large", "large-retrieval", "small", "large-cot", "cascade")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +121,14 @@ class Comparison:
             return Thresholds.load(self.config.thresholds_file)
         return None if self.config.threshold is None else [self.config.threshold]
 
+    def _threshold(self) -> float:
+        """The small rung's threshold, for the cascade arm."""
+        t = self._thresholds()
+        if t is None:
+            return DEFAULT_THRESHOLD
+        values = t.for_ladder([self.config.small_model, self.config.large_model]) if isinstance(t, Thresholds) else t
+        return float(values[0])
+
     def _estimator(self) -> Estimator:
         how = self.config.estimator
         if how not in ("mean", "geomean", "min", "joint"):
@@ -162,6 +174,8 @@ class Comparison:
         cfg = self.config
         model: Model
         scored: Meter | None = None  # the arm whose own answer gets a confidence score
+        if arm == "cascade":
+            return await self._cascade(ex, small, large, tally, est, budget)
         if arm == "agent":
             # The router asks for logprobs itself; the meters tally its calls without changing them.
             model = Router(
@@ -203,6 +217,44 @@ class Comparison:
             model=_answering_model(decisions, arm, cfg),
             wall_s=wall,
             escalated=any(d.escalated for d in decisions),
+            error=error,
+            confidence=confidence,
+        )
+
+    async def _cascade(
+        self, ex: Example, small: Model, large: Model, tally: UsageTally, est: Estimator, budget: Budget
+    ) -> QuestionRecord:
+        from workflows import QADeps, QAState, build, short_span_rule
+
+        cfg = self.config
+        started = time.perf_counter()
+        state = QAState(question=ex.question, paragraphs=list(ex.paragraphs))
+        scored = Meter(small, tally, logprobs_for=est)
+        deps = QADeps(model=budget.wrap(scored), rule=short_span_rule, budget=budget, max_tokens=cfg.max_tokens)
+        answer, error, confidence = "", None, None
+        try:
+            answer = (await build(cfg.workflow, retrieve_k=cfg.retrieve_k).run(state, deps=deps))[0].answer
+            if scored.last is not None:
+                request, completion = scored.last
+                confidence = (await est(ConfidenceState(request, completion, scored, None))).score
+        except AgentFlowError as e:  # a failed or unscorable small answer escalates
+            error = f"{type(e).__name__}: {e}"
+        escalated = error is not None or confidence is None or confidence < self._threshold()
+        if escalated:
+            deps = QADeps(model=budget.wrap(Meter(large, tally, logprobs_for=est)), rule=short_span_rule,
+                          budget=budget, max_tokens=cfg.max_tokens)  # fmt: skip
+            error = None
+            try:
+                answer = (await build("direct").run(state, deps=deps))[0].answer
+            except AgentFlowError as e:
+                answer, error = "", f"{type(e).__name__}: {e}"
+        return tally.record(
+            ex.id,
+            answer,
+            score(ex, answer),
+            model=cfg.large_model if escalated else cfg.small_model,
+            wall_s=time.perf_counter() - started,
+            escalated=escalated,
             error=error,
             confidence=confidence,
         )

@@ -8,9 +8,10 @@ It runs `agentflow compare` arms on 40 HotpotQA questions (rows 0-19 bridge and 
 ../shared/data) and the first 50 StrategyQA questions, on the local CPU servers (Qwen2.5-Coder 0.5B
 small, 1.5B large). Arms: the small model alone behind retrieval; the large model on the full context
 and behind the same retrieval (so the saving from small models is not confused with the saving from
-shorter prompts); the router from small to large behind retrieval at a sweep of thresholds. The single
-arms ask for the same logprobs the router does, so the router's calls are answered from the shared
-response cache: the sweep costs no model time, and a rerun costs nothing. Prints the table and writes
+shorter prompts); at a sweep of thresholds, the router from small to large behind retrieval (`agent`) and
+the cascade that escalates to the large model on the full context (`cascade`). The single arms ask for
+the same logprobs the router does, so the router's and the cascade's calls are answered from the shared
+response cache: the sweeps cost no model time, and a rerun costs nothing. Prints the table and writes
 it into benchmarks/README.md between the cascade markers.
 """
 
@@ -23,6 +24,7 @@ import json
 import platform
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,11 @@ async def run_set(
         report = await Comparison(cfg, examples, small, large, out / f"{name}-{workflow}-t{t}").run(cache)
         rows.extend(_rows(name, report, workflow, label=f"agent t={t}"))
         print(f"  {name} agent t={t}: em={report['arms'][0]['em']:.3f}", flush=True)
+    for t in THRESHOLDS:  # small behind retrieval, escalating to the large model on the full context
+        cfg = replace(base, arms=("cascade",), threshold=t)
+        report = await Comparison(cfg, examples, small, large, out / f"{name}-{workflow}-cascade-t{t}").run(cache)
+        rows.extend(_rows(name, report, workflow, label=f"cascade t={t}"))
+        print(f"  {name} cascade t={t}: em={report['arms'][0]['em']:.3f}", flush=True)
     return rows
 
 
@@ -107,6 +114,41 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{r['flops_per_q']:.2e} | {ratio} | {r['escalation_rate']:.0%} | {r['wall_s']:.0f} |"
         )
     return "\n".join(lines)
+
+
+def verdict(rows: list[dict[str, Any]]) -> str:
+    """Whether any agent or cascade setting reached the large model's EM at no more than half its FLOPs."""
+    out = []
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        mine = [r for r in rows if r["dataset"] == dataset]
+        ref = next(r for r in mine if r["arm"] == "large")
+        tries = [r for r in mine if r["arm"].startswith(("agent", "cascade"))]
+        cheap = [r for r in tries if r["flops_per_q"] <= 0.5 * ref["flops_per_q"]]
+        won = [r for r in cheap if r["em"] >= ref["em"]]
+        if won:
+            best = min(won, key=lambda r: r["flops_per_q"])
+            out.append(
+                f"- {dataset}: the claim holds: `{best['arm']}` reached EM {best['em']:.3f} (large: {ref['em']:.3f}) "
+                f"at {best['flops_per_q'] / ref['flops_per_q']:.2f} of the large model's FLOPs."
+            )
+            continue
+        line = (
+            f"- {dataset}: the claim fails: no setting at half the large model's FLOPs reached its EM {ref['em']:.3f}."
+        )
+        if cheap:
+            best = max(cheap, key=lambda r: (r["em"], -r["flops_per_q"]))
+            line += (
+                f" Closest within half the FLOPs: `{best['arm']}`, EM {best['em']:.3f} "
+                f"at {best['flops_per_q'] / ref['flops_per_q']:.2f} of the FLOPs."
+            )
+        top = max(tries, key=lambda r: (r["em"], -r["flops_per_q"]), default=None)
+        if top is not None:
+            line += (
+                f" Best EM of any agent or cascade setting: `{top['arm']}`, {top['em']:.3f} "
+                f"at {top['flops_per_q'] / ref['flops_per_q']:.2f} of the FLOPs."
+            )
+        out.append(line)
+    return "\n".join(out)
 
 
 def write_readme(text: str) -> None:
@@ -155,7 +197,7 @@ async def main() -> None:
                 rows += await run_set(
                     "strategyqa", strat, ("small", "large"), args.out, (small, large), cache, args.workflow, False
                 )
-    text = table(rows)
+    text = table(rows) + "\n\n" + verdict(rows)
     print(text)
     (args.out / "cascade.json").write_text(json.dumps(rows, indent=1))
     if not args.quick:

@@ -15,6 +15,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -70,6 +71,15 @@ def _kill(proc: subprocess.Popen[bytes], grace: float) -> None:
 def _stop_all() -> None:
     for proc in list(_LIVE.values()):
         _kill(proc, grace=3.0)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the kernel sends the server SIGTERM when the process that started it dies, even by SIGKILL,
+    so a killed run never leaves a model server behind."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _fix_for(tail: str) -> str:
@@ -226,6 +236,7 @@ class ManagedServer(ABC):
                 stderr=subprocess.STDOUT,
                 env=dict(env),
                 start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop the server
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         except OSError as exc:
             raise ServingError(f"could not run {argv[0]!r} for {self.model_name!r}: {exc}") from exc

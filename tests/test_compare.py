@@ -104,6 +104,35 @@ async def test_confident_small_model_answers_alone(tmp_path: Path) -> None:
     assert large.requests == []
 
 
+def _prob_by_question(probs: dict[str, float], name: str) -> FunctionModel:
+    """Right on every question, with a confidence that depends on the question."""
+
+    def answer(req: ChatRequest) -> Reply:
+        key = next(k for k in GOLD if k in _question(req))
+        return Reply(GOLD[key], prob=probs.get(key, 0.99))
+
+    return FunctionModel(answer, name=name)
+
+
+async def test_cascade_escalates_unsure_answers_to_the_large_model_on_the_full_context(tmp_path: Path) -> None:
+    examples = _examples()
+    small = _prob_by_question({"Kiss and Tell": 0.3, "Big Stone Gap": 0.5}, SMALL)
+    large = oracle(LARGE, right=set(GOLD), prob=0.99)
+    cfg = _config(examples, arms=("small", "large", "cascade"), threshold=0.8)
+    report = await Comparison(cfg, examples, small, large, tmp_path).run(tmp_path / "cache.sqlite")
+    arms = {a["name"]: a for a in report["arms"]}
+    assert arms["cascade"]["escalation_rate"] == pytest.approx(0.4)
+    escalated = {q["question"][:20]: q["arms"]["cascade"] for q in report["questions"]}
+    assert sum(r["model"] == LARGE for r in escalated.values()) == 2
+    # The escalated calls are the large arm's own calls (full context), so next to it they cost nothing new.
+    assert arms["cascade"]["flops_spent_now"] == 0
+    for q in report["questions"]:
+        c, sm, lg = q["arms"]["cascade"], q["arms"]["small"], q["arms"]["large"]
+        expected = sm["flops"] + (lg["flops"] if c["escalated"] else 0.0)
+        assert c["flops"] == pytest.approx(expected) and c["correct"]
+    assert len(large.requests) == 5  # the large arm's five; the cascade's two came from the cache
+
+
 async def test_a_rerun_with_the_same_settings_costs_nothing(tmp_path: Path) -> None:
     examples = _examples()
     cache = tmp_path / "responses.sqlite"

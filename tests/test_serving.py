@@ -214,3 +214,43 @@ def test_serving_public_names_are_locked() -> None:
         "llama_cpp_argv", "log_tail", "require_llama_cpp", "server_for", "start_servers",
     ]  # fmt: skip
     assert all(hasattr(serving, name) for name in serving.__all__)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's (prctl PR_SET_PDEATHSIG)")
+def test_a_killed_parent_leaves_no_server_behind(fake_python: Path, fake_model_file: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+
+    script = f"""
+import asyncio, serving
+from pathlib import Path
+async def main():
+    server = serving.LlamaCppServer("smoke", python={str(fake_python)!r}, model_file=Path({str(fake_model_file)!r}),
+                                    log_dir=Path({str(tmp_path)!r}))
+    await server.start()
+    print(server.pid, flush=True)
+    await asyncio.sleep(600)
+asyncio.run(main())
+"""
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    assert not pid_gone(child)
+    parent.send_signal(signal.SIGKILL)  # no atexit, no finally: only the kernel can stop the server now
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while not _exited(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    gone = _exited(child)
+    if not gone:
+        os.kill(child, signal.SIGKILL)  # by its PID, so a failure leaves nothing running either
+    assert gone, "the server outlived the process that started it"
+
+
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie waiting for init to reap it (it no longer runs or holds its port)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1].startswith("Z")
+    except FileNotFoundError:
+        return True
