@@ -136,7 +136,7 @@ async def _compare(**o: Any) -> None:
     from ._client import ModelClient
     from ._compare import CompareConfig, Comparison
     from ._data import default_data_dir, load_dataset
-    from ._report import render_table
+    from ._report_render import render_table
 
     if o["workflow"] not in WORKFLOWS:
         raise ConfigError(f"unknown workflow {o['workflow']!r}: choose one of {', '.join(WORKFLOWS)}")

@@ -15,9 +15,9 @@ from agentflow._report import (
     UsageTally,
     build_report,
     estimate_flops,
-    render_table,
     write_report,
 )
+from agentflow._report_render import render_table
 from agentflow._types import Usage
 
 SMALL = "qwen2.5-coder-0.5b"
