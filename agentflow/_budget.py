@@ -21,10 +21,11 @@ import itertools
 import math
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Literal
 
+from ._bill import CHECKED, Bill, ModelBill, Spend, astuple, spend_for
 from ._catalog import ModelSpec, get_model, list_models
 from ._exceptions import BudgetExceeded, ConfigError, UncountableModelError, UnknownModelError
 from ._types import ChatRequest, Completion, Model, Usage
@@ -130,155 +131,6 @@ class BudgetLimits:
 DEFAULT_LIMITS = BudgetLimits()
 
 
-@dataclass(frozen=True, slots=True)
-class Spend:
-    """An amount of compute: counted requests and tokens, estimated FLOPs and dollars. Adds with `+`."""
-
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    flops: float = 0.0
-    cost_usd: float = 0.0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def __add__(self, other: Spend) -> Spend:
-        return Spend(*(a + b for a, b in zip(_astuple(self), _astuple(other), strict=True)))
-
-    def __sub__(self, other: Spend) -> Spend:
-        return Spend(*(a - b for a, b in zip(_astuple(self), _astuple(other), strict=True)))
-
-    def scaled(self, n: int) -> Spend:
-        return Spend(*(a * n for a in _astuple(self)))
-
-    def as_dict(self) -> dict[str, float]:
-        return {
-            "requests": self.requests,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens,
-            "flops": self.flops,
-            "cost_usd": self.cost_usd,
-        }
-
-
-def _astuple(s: Spend) -> tuple[Any, ...]:
-    return (s.requests, s.prompt_tokens, s.completion_tokens, s.flops, s.cost_usd)
-
-
-_CHECKED = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "flops", "cost_usd")
-
-
-def _spend_for(spec: ModelSpec | None, prompt: int, completion: int, requests: int = 1) -> Spend:
-    if spec is None:
-        return Spend(requests, prompt, completion)
-    return Spend(requests, prompt, completion, spec.flops(prompt + completion), spec.cost_usd(prompt, completion))
-
-
-# --- the bill -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ModelBill:
-    """What one model cost in a scope. `overshoots` counts calls whose actual usage exceeded their
-    reservation (e.g. a server that ignored max_tokens); `failed` counts calls that raised."""
-
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    flops: float = 0.0
-    cost_usd: float = 0.0
-    cached: int = 0
-    failed: int = 0
-    overshoots: int = 0
-
-    def __add__(self, other: ModelBill) -> ModelBill:
-        return ModelBill(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(ModelBill)))
-
-    def to_dict(self) -> dict[str, float]:
-        return {f.name: getattr(self, f.name) for f in fields(ModelBill)}
-
-
-@dataclass(frozen=True)
-class Bill:
-    """The bill of a budget scope: per-model tokens, requests, FLOPs and dollars; wall time;
-    escalations and degradations. JSON-serialisable with `to_dict()`; adds with `+`."""
-
-    models: Mapping[str, ModelBill] = field(default_factory=dict)
-    wall_time_s: float = 0.0
-    escalations: int = 0
-    degradations: tuple[str, ...] = ()
-
-    def _sum(self, name: str) -> Any:
-        return sum(getattr(m, name) for m in self.models.values())
-
-    @property
-    def requests(self) -> int:
-        return int(self._sum("requests"))
-
-    @property
-    def prompt_tokens(self) -> int:
-        return int(self._sum("prompt_tokens"))
-
-    @property
-    def completion_tokens(self) -> int:
-        return int(self._sum("completion_tokens"))
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    @property
-    def flops(self) -> float:
-        return float(self._sum("flops"))
-
-    @property
-    def cost_usd(self) -> float:
-        return float(self._sum("cost_usd"))
-
-    @property
-    def overshoots(self) -> int:
-        return int(self._sum("overshoots"))
-
-    def __add__(self, other: Bill) -> Bill:
-        models = dict(self.models)
-        for name, mb in other.models.items():
-            models[name] = models[name] + mb if name in models else mb
-        return Bill(
-            models,
-            self.wall_time_s + other.wall_time_s,
-            self.escalations + other.escalations,
-            self.degradations + other.degradations,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "requests": self.requests,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens,
-            "flops": self.flops,
-            "cost_usd": self.cost_usd,
-            "wall_time_s": self.wall_time_s,
-            "escalations": self.escalations,
-            "degradations": list(self.degradations),
-            "overshoots": self.overshoots,
-            "models": {name: mb.to_dict() for name, mb in sorted(self.models.items())},
-        }
-
-    @staticmethod
-    def from_dict(data: Mapping[str, Any]) -> Bill:
-        models = {name: ModelBill(**m) for name, m in dict(data.get("models", {})).items()}
-        return Bill(
-            models,
-            float(data.get("wall_time_s", 0.0)),
-            int(data.get("escalations", 0)),
-            tuple(data.get("degradations", ())),
-        )
-
-
 # --- the budget ---------------------------------------------------------------------------------
 
 
@@ -373,7 +225,7 @@ class Budget:
         """What is left under each limit of this scope (None = unlimited), counting calls in flight."""
         used = self._spent + self._reserved
         out: dict[str, float | None] = {}
-        for key in _CHECKED:
+        for key in CHECKED:
             lim = getattr(self.limits, key)
             out[key] = None if lim is None else lim - getattr(used, key)
         lim_t = self.limits.wall_time_s
@@ -412,7 +264,7 @@ class Budget:
     def estimate(self, request: ChatRequest, model: Model | str | ModelSpec) -> Spend:
         """The worst case of `request` on `model`: estimated prompt tokens plus `max_tokens`."""
         prompt = estimate_prompt_tokens(request, self._tokenizer)
-        return _spend_for(self.spec_for(model), prompt, request.max_tokens)
+        return spend_for(self.spec_for(model), prompt, request.max_tokens)
 
     # -- checking and reserving ------------------------------------------------------------------
 
@@ -425,7 +277,7 @@ class Budget:
             if lim.max_tokens_per_call is not None and max_tokens > lim.max_tokens_per_call:
                 return b, "max_tokens_per_call", lim.max_tokens_per_call, max_tokens
             used = b._spent + b._reserved + ask
-            for key in _CHECKED:
+            for key in CHECKED:
                 allowed = getattr(lim, key)
                 if allowed is not None and getattr(used, key) > allowed:
                     return b, key, allowed, getattr(used, key)
@@ -450,7 +302,7 @@ class Budget:
         """
         spec = self.spec_for(model)
         name = model.name if isinstance(model, ModelSpec) else model if isinstance(model, str) else model.name
-        ask = _spend_for(spec, estimate_prompt_tokens(request, self._tokenizer), request.max_tokens)
+        ask = spend_for(spec, estimate_prompt_tokens(request, self._tokenizer), request.max_tokens)
         bad = self._violation(ask, request.max_tokens)
         if bad is not None:
             raise self._exceeded(bad, ask, request, name)
@@ -512,10 +364,10 @@ class Budget:
             return Spend()
         if isinstance(completion, Completion) and completion.meta.get("usage_missing"):
             # the server did not say what it used: charge the worst case that was reserved
-            res.budget._charge(res.model, res.ask, ModelBill(*_astuple(res.ask)))
+            res.budget._charge(res.model, res.ask, ModelBill(*astuple(res.ask)))
             return res.ask
         usage = completion.usage if isinstance(completion, Completion) else completion
-        actual = _spend_for(res.spec, usage.prompt_tokens, usage.completion_tokens, max(1, usage.requests))
+        actual = spend_for(res.spec, usage.prompt_tokens, usage.completion_tokens, max(1, usage.requests))
         over = int(actual.prompt_tokens > res.ask.prompt_tokens or actual.completion_tokens > res.max_tokens)
         bill = ModelBill(
             actual.requests,
@@ -535,7 +387,7 @@ class Budget:
         if usage is None or usage.requests == 0:
             res.budget._charge(res.model, Spend(requests=1), ModelBill(requests=1, failed=1))
             return
-        spent = _spend_for(res.spec, usage.prompt_tokens, usage.completion_tokens, usage.requests)
+        spent = spend_for(res.spec, usage.prompt_tokens, usage.completion_tokens, usage.requests)
         bill = ModelBill(spent.requests, spent.prompt_tokens, spent.completion_tokens, spent.flops, spent.cost_usd)
         res.budget._charge(res.model, spent, bill + ModelBill(failed=1))
 
