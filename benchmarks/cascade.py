@@ -202,7 +202,7 @@ async def main() -> None:
     (args.out / "cascade.json").write_text(json.dumps(rows, indent=1))
     if not args.quick:
         stamp = (
-            f"Measured {dt.date.today()} on {platform.machine()} with {sys.version.split()[0]}, 2 cores, "
+            f"Measured {dt.date.today()} on {platform.machine()}, Python {sys.version.split()[0]}, 2 cores, "
             f"llama.cpp CPU servers, Qwen2.5-Coder 0.5B / 1.5B Q4_K_M, temperature 0, retrieval k=2, "
             f"workflow `{args.workflow}`, estimator TokenProb(mean). Command: `.venv/bin/python benchmarks/cascade.py`."
         )
