@@ -88,7 +88,11 @@ def compare(
     threshold: Annotated[float | None, typer.Option(help="escalate when the small model's confidence is below")] = None,
     thresholds: Annotated[Path | None, typer.Option(help="thresholds file written by `agentflow calibrate`")] = None,
     estimator: Annotated[
-        str, typer.Option(help="confidence from token probabilities: mean, geomean, min, joint")
+        str,
+        typer.Option(
+            help="confidence from token probabilities: mean, geomean, min, joint; "
+            "add :variants to count 'Yes' and 'yes' as one answer"
+        ),
     ] = "mean",
     out: Annotated[Path, typer.Option(help="folder for answers.sqlite, report.json, report.md, pareto.png")] = Path(
         "runs/compare"

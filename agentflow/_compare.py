@@ -130,10 +130,13 @@ class Comparison:
         return float(values[0])
 
     def _estimator(self) -> Estimator:
-        how = self.config.estimator
-        if how not in ("mean", "geomean", "min", "joint"):
-            raise ConfigError(f"unknown estimator {how!r}: choose mean, geomean, min or joint")
-        return TokenProb(how)  # type: ignore[arg-type]
+        how, _, variants = self.config.estimator.partition(":")
+        if how not in ("mean", "geomean", "min", "joint") or variants not in ("", "variants"):
+            raise ConfigError(
+                f"unknown estimator {self.config.estimator!r}: choose mean, geomean, min or joint, optionally "
+                "with ':variants' (count 'Yes' and 'yes' as one answer), e.g. mean:variants"
+            )
+        return TokenProb(how, variants=bool(variants))  # type: ignore[arg-type]
 
     async def run(self, cache_path: Path | None = None) -> dict[str, Any]:
         """Answer every (arm, question) not yet stored, then write the report; returns report.json's content.

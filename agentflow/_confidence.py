@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from ._exceptions import ConfidenceError, ModelError
-from ._types import ChatRequest, ChoiceOutput, Completion, Message, Model, Usage
+from ._types import ChatRequest, ChoiceOutput, Completion, Message, Model, TokenLogprob, Usage
 
 if TYPE_CHECKING:
     from ._budget import Budget
@@ -228,17 +228,36 @@ class Mean(_Combined):
 
 
 class TokenProb(Estimator):
-    """Confidence from the answer tokens' logprobs: "mean", "geomean", "min" or "joint" probability."""
+    """Confidence from the answer tokens' logprobs: "mean", "geomean", "min" or "joint" probability.
+
+    With `variants=True` a token's probability includes its spelling variants among the top 5
+    alternatives ("Yes", "yes", " yes" are one answer), so a model that splits its belief between
+    casings is not read as unsure. It asks for top-5 logprobs, so its requests differ from the plain one's.
+    """
 
     needs_logprobs = True
 
-    def __init__(self, how: Literal["mean", "geomean", "min", "joint"] = "mean") -> None:
+    def __init__(self, how: Literal["mean", "geomean", "min", "joint"] = "mean", *, variants: bool = False) -> None:
         if how not in ("mean", "geomean", "min", "joint"):
             raise ConfidenceError(f"TokenProb(how={how!r}): use 'mean', 'geomean', 'min' or 'joint'")
         self.how = how
+        self.variants = variants
+        self.top_logprobs = 5 if variants else 0
 
     def __repr__(self) -> str:
-        return f"TokenProb({self.how!r})"
+        return f"TokenProb({self.how!r}, variants=True)" if self.variants else f"TokenProb({self.how!r})"
+
+    def _logprob(self, t: TokenLogprob) -> float:
+        if not self.variants or not t.top:
+            return t.logprob
+        key = t.token.strip().lower()
+        seen = {t.token}
+        p = math.exp(t.logprob)
+        for token, lp in t.top:
+            if token not in seen and token.strip().lower() == key:
+                seen.add(token)
+                p += math.exp(lp)
+        return math.log(min(p, 1.0))
 
     async def __call__(self, state: ConfidenceState) -> Confidence:
         lps = state.completion.logprobs
@@ -247,7 +266,7 @@ class TokenProb(Estimator):
                 f"TokenProb: the answer of {state.completion.model!r} has no logprobs: ask for them "
                 "(request logprobs=True; the router does this itself) or use a server that returns them"
             )
-        logs = [t.logprob for t in lps]
+        logs = [self._logprob(t) for t in lps]
         if self.how == "mean":
             score = sum(math.exp(x) for x in logs) / len(logs)
         elif self.how == "geomean":
@@ -256,7 +275,7 @@ class TokenProb(Estimator):
             score = math.exp(min(logs))
         else:
             score = math.exp(sum(logs))
-        return Confidence(_clamp(score), {}, {"how": self.how, "tokens": len(logs)})
+        return Confidence(_clamp(score), {}, {"how": self.how, "tokens": len(logs), "variants": self.variants})
 
 
 # --- agreement among samples --------------------------------------------------------------------

@@ -46,36 +46,30 @@ async def run_set(
     clients: Any,
     cache: Path,
     workflow: str,
-    with_paragraphs: bool,
+    estimator: str,
 ) -> list[dict[str, Any]]:
     small, large = clients
     rows: list[dict[str, Any]] = []
+    tag = workflow if estimator == "mean" else f"{workflow}-{estimator.replace(':', '-')}"
     base = CompareConfig(
         dataset=name,
         question_ids=tuple(e.id for e in examples),
-        arms=arms,
+        arms=arms,  # type: ignore[arg-type]
         workflow=workflow,
+        estimator=estimator,
         small_model=small.name,
         large_model=large.name,
-    )  # type: ignore[arg-type]
-    report = await Comparison(base, examples, small, large, out / f"{name}-{workflow}-base").run(cache)
+    )
+    report = await Comparison(base, examples, small, large, out / f"{name}-{tag}-base").run(cache)
     rows.extend(_rows(name, report, workflow))
     for t in THRESHOLDS:
-        cfg = CompareConfig(
-            dataset=name,
-            question_ids=base.question_ids,
-            arms=("agent",),
-            workflow=workflow,
-            threshold=t,
-            small_model=small.name,
-            large_model=large.name,
-        )
-        report = await Comparison(cfg, examples, small, large, out / f"{name}-{workflow}-t{t}").run(cache)
+        cfg = replace(base, arms=("agent",), threshold=t)
+        report = await Comparison(cfg, examples, small, large, out / f"{name}-{tag}-t{t}").run(cache)
         rows.extend(_rows(name, report, workflow, label=f"agent t={t}"))
         print(f"  {name} agent t={t}: em={report['arms'][0]['em']:.3f}", flush=True)
     for t in THRESHOLDS:  # small behind retrieval, escalating to the large model on the full context
         cfg = replace(base, arms=("cascade",), threshold=t)
-        report = await Comparison(cfg, examples, small, large, out / f"{name}-{workflow}-cascade-t{t}").run(cache)
+        report = await Comparison(cfg, examples, small, large, out / f"{name}-{tag}-cascade-t{t}").run(cache)
         rows.extend(_rows(name, report, workflow, label=f"cascade t={t}"))
         print(f"  {name} cascade t={t}: em={report['arms'][0]['em']:.3f}", flush=True)
     return rows
@@ -151,14 +145,15 @@ def verdict(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def write_readme(text: str) -> None:
+def write_readme(text: str, marker: str, title: str) -> None:
     path = ROOT / "README.md"
     doc = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    block = f"<!-- cascade:start -->\n{text}\n<!-- cascade:end -->"
-    if "<!-- cascade:start -->" in doc:
-        doc = re.sub(r"<!-- cascade:start -->.*<!-- cascade:end -->", lambda _: block, doc, flags=re.S)
+    begin, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    block = f"{begin}\n{text}\n{end}"
+    if begin in doc:
+        doc = re.sub(re.escape(begin) + ".*" + re.escape(end), lambda _: block, doc, flags=re.S)
     else:
-        doc += "\n## Cascade: agent of small models vs the large model\n\n" + block + "\n"
+        doc += f"\n## {title}\n\n{block}\n"
     path.write_text(doc, encoding="utf-8")
 
 
@@ -166,7 +161,9 @@ async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="4 + 4 questions, no README update")
     p.add_argument("--workflow", default="direct", help="the workflow of the small arms (direct, cot, verify, ...)")
+    p.add_argument("--estimator", default="mean", help="confidence estimator, as `agentflow compare --estimator`")
     p.add_argument("--out", type=Path, default=Path("runs/cascade"))
+    p.add_argument("--skip-hotpotqa", action="store_true")
     p.add_argument("--skip-strategyqa", action="store_true")
     args = p.parse_args()
     data = default_data_dir()
@@ -176,37 +173,38 @@ async def main() -> None:
     cache = DEFAULT_CACHE_DIR.parent / "responses.sqlite"
     small_name, large_name = get_model("small").name, get_model("large").name
     rows: list[dict[str, Any]] = []
+    sets: list[tuple[str, list[Any], tuple[str, ...]]] = []
+    if not args.skip_hotpotqa:
+        sets.append(("hotpotqa", hotpot, ("small", "large-retrieval", "large")))
+    if not args.skip_strategyqa:  # closed book: the set has no paragraphs
+        sets.append(("strategyqa", strat, ("small", "large")))
     async with serving.start_servers([small_name, large_name]) as (s, l_):
         async with (
             ModelClient(s.url, small_name, dialect="llama_cpp") as small,
             ModelClient(l_.url, large_name, dialect="llama_cpp", timeout=600) as large,
         ):
-            print(f"hotpotqa: {len(hotpot)} questions", flush=True)
-            rows += await run_set(
-                "hotpotqa",
-                hotpot,
-                ("small", "large-retrieval", "large"),
-                args.out,
-                (small, large),
-                cache,
-                args.workflow,
-                True,
-            )
-            if not args.skip_strategyqa:
-                print(f"strategyqa: {len(strat)} questions (closed book: the set has no paragraphs)", flush=True)
+            for name, examples, arms in sets:
+                print(f"{name}: {len(examples)} questions", flush=True)
                 rows += await run_set(
-                    "strategyqa", strat, ("small", "large"), args.out, (small, large), cache, args.workflow, False
+                    name, examples, arms, args.out, (small, large), cache, args.workflow, args.estimator
                 )
     text = table(rows) + "\n\n" + verdict(rows)
     print(text)
-    (args.out / "cascade.json").write_text(json.dumps(rows, indent=1))
+    tag = f"{args.workflow}-{args.estimator.replace(':', '-')}"
+    (args.out / f"cascade-{tag}.json").write_text(json.dumps(rows, indent=1))
     if not args.quick:
+        command = " ".join(["`.venv/bin/python benchmarks/cascade.py", *sys.argv[1:]]) + "`"
         stamp = (
             f"Measured {dt.date.today()} on {platform.machine()}, Python {sys.version.split()[0]}, 2 cores, "
             f"llama.cpp CPU servers, Qwen2.5-Coder 0.5B / 1.5B Q4_K_M, temperature 0, retrieval k=2, "
-            f"workflow `{args.workflow}`, estimator TokenProb(mean). Command: `.venv/bin/python benchmarks/cascade.py`."
+            f"workflow `{args.workflow}`, estimator `{args.estimator}`. Command: {command}."
         )
-        write_readme(stamp + "\n\n" + text)
+        default = (
+            args.workflow == "direct" and args.estimator == "mean" and not (args.skip_hotpotqa or args.skip_strategyqa)
+        )
+        marker = "cascade" if default else f"cascade-{tag}"
+        title = "Cascade: agent of small models vs the large model"
+        write_readme(stamp + "\n\n" + text, marker, title if default else f"{title} ({tag})")
 
 
 if __name__ == "__main__":

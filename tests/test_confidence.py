@@ -67,6 +67,18 @@ async def test_token_prob(how: str, expected: float) -> None:
     assert conf.usage == Usage()  # free: no extra calls
 
 
+async def test_token_prob_with_variants_counts_other_casings_of_the_same_answer() -> None:
+    lp = math.log
+    yes = TokenLogprob("Yes", lp(0.4), (("Yes", lp(0.4)), ("yes", lp(0.3)), (" yes", lp(0.1)), ("No", lp(0.15))))
+    c = Completion("Yes", "m", "stop", Usage(1, 5, 1), logprobs=(yes,))
+    plain = await TokenProb("mean")(state(c))
+    merged = await TokenProb("mean", variants=True)(state(c))
+    assert plain.score == pytest.approx(0.4)
+    assert merged.score == pytest.approx(0.8)  # "No" is not a variant of "Yes"
+    assert TokenProb(variants=True).prepare(ChatRequest.of("q")).top_logprobs == 5
+    assert TokenProb().prepare(ChatRequest.of("q")).top_logprobs == 1
+
+
 async def test_token_prob_without_logprobs_raises() -> None:
     with pytest.raises(ConfidenceError, match="no logprobs"):
         await TokenProb()(state(completion("a")))
