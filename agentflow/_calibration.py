@@ -560,7 +560,12 @@ def calibrate_file(
     seed: int = 0,
 ) -> Calibration:
     """Calibrate from a JSONL file and write the thresholds JSON to `out` (default:
-    `<path stem>.thresholds.json` next to it). The result's `.path` is where they were written."""
+    `<path stem>.thresholds.json` next to it). The result's `.path` is where they were written.
+
+    Without `models`, the ladder is read from the file's `"ladder"` field when it has one (the
+    calibration.jsonl that `agentflow compare` writes does)."""
+    if models is None:
+        models = _ladder_in(Path(path))
     exs = load_examples(path, models=models)
     cal = calibrate(
         exs,
@@ -576,3 +581,17 @@ def calibrate_file(
     dest = Path(out) if out is not None else p.with_name(p.stem + ".thresholds.json")
     cal.thresholds.save(dest)
     return Calibration(cal.thresholds, cal.report, dest)
+
+
+def _ladder_in(path: Path) -> tuple[str, ...] | None:
+    """The `"ladder"` of the file's first line (a list of model names), if it has one; bad lines are left
+    for `load_examples` to report."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            first = next((line for line in f if line.strip()), "")
+        ladder = json.loads(first).get("ladder") if first else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(ladder, list) and len(ladder) >= 2 and all(isinstance(m, str) for m in ladder):
+        return tuple(ladder)
+    return None

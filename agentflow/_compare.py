@@ -278,10 +278,13 @@ def _arm_result(arm: str, records: Sequence[QuestionRecord], examples: Sequence[
 def _write_calibration(path: Path, store: RunStore, cfg: CompareConfig) -> None:
     """Labelled (score, correct) answers of the single-model arms, for `agentflow calibrate`."""
     rungs = {"small": cfg.small_model, "large-retrieval": cfg.large_model}
+    ladder = [cfg.small_model, cfg.large_model]
     lines = []
     for arm, model in rungs.items():
         for r in store.records(arm) if arm in cfg.arms else []:
             if r.confidence is not None and r.error is None:
-                lines.append({"score": r.confidence, "correct": r.correct, "rung": model, "cost": r.flops})
+                lines.append(
+                    {"score": r.confidence, "correct": r.correct, "rung": model, "cost": r.flops, "ladder": ladder}
+                )
     if lines:
         path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")

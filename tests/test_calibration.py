@@ -187,6 +187,20 @@ def test_calibrate_file_writes_thresholds_the_router_can_load(tmp_path: Path) ->
     assert calibrate_file(data, out, models=["small", "large"], bootstrap=0).path == out and out.exists()
 
 
+def test_calibrate_file_reads_the_ladder_that_compare_writes(tmp_path: Path) -> None:
+    data = tmp_path / "calibration.jsonl"
+    ladder = ["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
+    scored = synthetic(500, seed=3)
+    rows = [{"score": e.score, "correct": e.correct, "rung": ladder[0], "ladder": ladder} for e in scored]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cal = calibrate_file(data, bootstrap=0)
+    assert Thresholds.load(cal.path).models == tuple(ladder)
+    rows[0]["ladder"] = "not a list"  # no usable ladder: the names cannot be mapped, and the error says so
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(DatasetError, match="pass the ladder's models"):
+        calibrate_file(data, bootstrap=0)
+
+
 @pytest.mark.parametrize(
     ("line", "match"),
     [
