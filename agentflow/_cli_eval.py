@@ -83,7 +83,7 @@ def compare(
     workflow: Annotated[str, typer.Option(help="the agent's workflow: direct, cot, sc, verify, decompose")] = "direct",
     arms: Annotated[
         str, typer.Option(help="comma-separated: agent, large, large-retrieval, small, large-cot, cascade")
-    ] = "agent,large",
+    ] = "agent,cascade,large",
     retrieve_k: Annotated[int, typer.Option(help="paragraphs the agent reads")] = 2,
     threshold: Annotated[float | None, typer.Option(help="escalate when the small model's confidence is below")] = None,
     thresholds: Annotated[Path | None, typer.Option(help="thresholds file written by `agentflow calibrate`")] = None,
