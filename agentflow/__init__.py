@@ -7,7 +7,8 @@ and is itself a model; a `Budget` caps what any run may spend and shows the bill
 
 from ._bill import Bill, ModelBill
 from ._budget import Budget, BudgetedModel, BudgetLimits
-from ._calibration import Thresholds, calibrate, calibrate_file, collect_examples
+from ._calibration import Thresholds, calibrate
+from ._calibration_data import calibrate_file, collect_examples
 from ._catalog import ModelSpec, PyPISource, get_model, list_models, register_model
 from ._checkpoint import Checkpoint, CheckpointStore, MemoryCheckpointer, SqliteCheckpointer
 from ._client import ModelClient

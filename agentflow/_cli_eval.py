@@ -47,7 +47,7 @@ def calibrate(
     ] = None,
 ) -> None:
     """Pick each rung's escalation threshold from labelled answers and write them for `compare --thresholds`."""
-    from ._calibration import calibrate_file
+    from ._calibration_data import calibrate_file
 
     ladder = [m.strip() for m in models.split(",")] if models else None
     with _one_red_line():

@@ -15,12 +15,9 @@ from agentflow._calibration import (
     _cascade,
     _Rung,
     calibrate,
-    calibrate_file,
-    collect_examples,
-    load_examples,
     wilson_interval,
-    write_examples,
 )
+from agentflow._calibration_data import calibrate_file, collect_examples, load_examples, write_examples
 from agentflow._confidence import TokenProb
 from agentflow._exceptions import ConfigError, DatasetError
 from agentflow._types import ChatRequest, Completion, Usage
