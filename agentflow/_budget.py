@@ -381,8 +381,8 @@ class Budget:
         return actual
 
     def fail(self, res: Reservation, usage: Usage | None = None) -> None:
-        """Release `res` for a call that raised. It counts as one request, plus the tokens the error says
-        were spent (`usage`: e.g. a StructuredOutputError's invalid answers)."""
+        """Release `res` for a call that raised. It is charged what the error says the call spent (`usage`:
+        e.g. a StructuredOutputError's invalid answers), or else one request and no tokens."""
         res.budget._release(res)
         if usage is None or usage.requests == 0:
             res.budget._charge(res.model, Spend(requests=1), ModelBill(requests=1, failed=1))

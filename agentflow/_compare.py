@@ -32,7 +32,7 @@ from ._budget import Budget, BudgetLimits
 from ._calibration import DEFAULT_THRESHOLD, Thresholds
 from ._confidence import ConfidenceState, Estimator, TokenProb
 from ._data import Example
-from ._exceptions import AgentFlowError, ConfidenceError, ConfigError
+from ._exceptions import AgentFlowError, BudgetExceeded, ConfidenceError, ConfigError
 from ._metrics import score
 from ._report import ArmResult, QuestionRecord, UsageTally, write_report
 from ._router import RouteDecision, Router
@@ -246,11 +246,17 @@ class Comparison:
         if escalated:
             deps = QADeps(model=budget.wrap(Meter(large, tally, logprobs_for=est)), rule=short_span_rule,
                           budget=budget, max_tokens=cfg.max_tokens)  # fmt: skip
+            small_answer, small_error = answer, error
             error = None
             try:
                 answer = (await build("direct").run(state, deps=deps))[0].answer
+                budget.record_escalation(cfg.small_model, cfg.large_model)
             except AgentFlowError as e:
-                answer, error = "", f"{type(e).__name__}: {e}"
+                if _is_budget_refusal(e) and small_error is None:  # the budget cannot pay: keep the small answer
+                    budget.record_degradation(f"{ex.id}: kept the small model's answer, the large one over budget")
+                    answer, escalated = small_answer, False
+                else:
+                    answer, error = "", f"{type(e).__name__}: {e}"
         return tally.record(
             ex.id,
             answer,
@@ -261,6 +267,15 @@ class Comparison:
             error=error,
             confidence=confidence,
         )
+
+
+def _is_budget_refusal(e: BaseException) -> bool:
+    """A BudgetExceeded, also when a graph node wraps it."""
+    while e is not None:
+        if isinstance(e, BudgetExceeded):
+            return True
+        e = e.__cause__  # type: ignore[assignment]
+    return False
 
 
 def _answering_model(decisions: Sequence[RouteDecision], arm: ArmName, cfg: CompareConfig) -> str:

@@ -133,6 +133,20 @@ async def test_cascade_escalates_unsure_answers_to_the_large_model_on_the_full_c
     assert len(large.requests) == 5  # the large arm's five; the cascade's two came from the cache
 
 
+async def test_cascade_keeps_the_small_answer_when_the_budget_cannot_pay_for_the_large_one(tmp_path: Path) -> None:
+    from agentflow import BudgetLimits
+
+    examples = _examples()
+    small = oracle(SMALL, right={"Scott Derrickson"}, prob=0.3)  # unsure everywhere: would always escalate
+    large = oracle(LARGE, right=set(GOLD), prob=0.99)
+    cfg = _config(examples, arms=("cascade",), threshold=0.8)
+    comparison = Comparison(cfg, examples, small, large, tmp_path, limits=BudgetLimits(requests=1))
+    report = await comparison.run()
+    (arm,) = report["arms"]
+    assert large.requests == [] and arm["errors"] == 0 and arm["escalation_rate"] == 0.0
+    assert arm["em"] == pytest.approx(0.2)  # the small model's own answers, one of them right
+
+
 async def test_a_rerun_with_the_same_settings_costs_nothing(tmp_path: Path) -> None:
     examples = _examples()
     cache = tmp_path / "responses.sqlite"
