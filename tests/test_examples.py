@@ -80,3 +80,16 @@ def test_my_workflow() -> None:
     nodes = _line(out, "nodes: ")
     assert nodes == {"sample0": 1, "sample1": 1, "sample2": 1, "vote": 0}  # each sample's call is on its node
     assert _bill(out)["requests"] == 3
+
+
+def test_the_readme_simple_path_runs_as_written(tmp_path: Path) -> None:
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    start = readme.index("```python", readme.index("## The simple path")) + len("```python\n")
+    code = readme[start : readme.index("```", start)]
+    assert 'LlamaCppServer("small")' in code
+    script = tmp_path / "readme_simple_path.py"
+    script.write_text(code.replace('LlamaCppServer("small")', 'LlamaCppServer("smoke")'), encoding="utf-8")
+    out = run_example(str(script))
+    lines = out.strip().splitlines()
+    assert "Usage(requests=1" in lines[0] and float(lines[0].rsplit(" ", 1)[1]) <= 0  # text, usage, a logprob
+    assert lines[1].startswith("name=") and "country=" in lines[1]  # the pydantic model, filled
