@@ -47,16 +47,19 @@ async def run_set(
     cache: Path,
     workflow: str,
     estimator: str,
+    retrieve_k: int = 2,
 ) -> list[dict[str, Any]]:
     small, large = clients
     rows: list[dict[str, Any]] = []
     tag = workflow if estimator == "mean" else f"{workflow}-{estimator.replace(':', '-')}"
+    tag += "" if retrieve_k == 2 else f"-k{retrieve_k}"
     base = CompareConfig(
         dataset=name,
         question_ids=tuple(e.id for e in examples),
         arms=arms,  # type: ignore[arg-type]
         workflow=workflow,
         estimator=estimator,
+        retrieve_k=retrieve_k,
         small_model=small.name,
         large_model=large.name,
     )
@@ -162,6 +165,7 @@ async def main() -> None:
     p.add_argument("--quick", action="store_true", help="4 + 4 questions, no README update")
     p.add_argument("--workflow", default="direct", help="the workflow of the small arms (direct, cot, verify, ...)")
     p.add_argument("--estimator", default="mean", help="confidence estimator, as `agentflow compare --estimator`")
+    p.add_argument("--retrieve-k", type=int, default=2, help="paragraphs the small arms read")
     p.add_argument("--out", type=Path, default=Path("runs/cascade"))
     p.add_argument("--skip-hotpotqa", action="store_true")
     p.add_argument("--skip-strategyqa", action="store_true")
@@ -186,17 +190,25 @@ async def main() -> None:
             for name, examples, arms in sets:
                 print(f"{name}: {len(examples)} questions", flush=True)
                 rows += await run_set(
-                    name, examples, arms, args.out, (small, large), cache, args.workflow, args.estimator
+                    name,
+                    examples,
+                    arms,
+                    args.out,
+                    (small, large),
+                    cache,
+                    args.workflow,
+                    args.estimator,
+                    args.retrieve_k,
                 )
     text = table(rows) + "\n\n" + verdict(rows)
     print(text)
-    tag = f"{args.workflow}-{args.estimator.replace(':', '-')}"
+    tag = f"{args.workflow}-{args.estimator.replace(':', '-')}-k{args.retrieve_k}"
     (args.out / f"cascade-{tag}.json").write_text(json.dumps(rows, indent=1))
     if not args.quick:
         command = " ".join(["`.venv/bin/python benchmarks/cascade.py", *sys.argv[1:]]) + "`"
         stamp = (
             f"Measured {dt.date.today()} on {platform.machine()}, Python {sys.version.split()[0]}, 2 cores, "
-            f"llama.cpp CPU servers, Qwen2.5-Coder 0.5B / 1.5B Q4_K_M, temperature 0, retrieval k=2, "
+            f"llama.cpp CPU servers, Qwen2.5-Coder 0.5B / 1.5B Q4_K_M, temperature 0, retrieval k={args.retrieve_k}, "
             f"workflow `{args.workflow}`, estimator `{args.estimator}`. Command: {command}."
         )
         default = (
