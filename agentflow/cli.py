@@ -40,6 +40,23 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"agentflow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """Large-model answers from small models: serve local models, ask them, run workflows."""
+
+
 def _cache_dir() -> Path | None:
     value = os.environ.get("AGENTFLOW_CACHE")
     return Path(value).expanduser() if value else None

@@ -137,3 +137,11 @@ def test_graph_with_a_bad_spec_names_the_form() -> None:
     result = runner.invoke(cli.app, ["graph", "no_such_module_xyz:g"])
     assert result.exit_code == 1
     assert "cannot import module 'no_such_module_xyz'" in result.output
+
+
+def test_version_prints_the_package_version() -> None:
+    import agentflow
+
+    result = runner.invoke(cli.app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"agentflow {agentflow.__version__}"
