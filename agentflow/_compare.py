@@ -168,7 +168,7 @@ class Comparison:
 
     async def _answer(self, arm: ArmName, ex: Example, small: Model, large: Model) -> QuestionRecord:
         # Imported here: the workflows package is built on agentflow's public API.
-        from workflows import QADeps, QAState, build, short_span_rule
+        from workflows import build
 
         tally = UsageTally()
         decisions: list[RouteDecision] = []
@@ -196,23 +196,9 @@ class Comparison:
             model, graph = budget.wrap(Meter(large, tally, logprobs_for=est)), build("cot")
         else:
             model, graph = budget.wrap(Meter(large, tally, logprobs_for=est)), build("direct")
-        deps = QADeps(model=model, rule=short_span_rule, budget=budget, max_tokens=cfg.max_tokens)
         started = time.perf_counter()
-        error: str | None = None
-        answer = ""
-        try:
-            state, _ = await graph.run(QAState(question=ex.question, paragraphs=list(ex.paragraphs)), deps=deps)
-            answer = state.answer
-        except AgentFlowError as e:  # one bad question must not lose the rest of the run
-            error = f"{type(e).__name__}: {e}"
+        answer, failure = await self._run(graph, model, budget, ex)
         wall = time.perf_counter() - started
-        confidence = None
-        if scored is not None and scored.last is not None:
-            request, completion = scored.last
-            try:
-                confidence = (await est(ConfidenceState(request, completion, scored, None))).score
-            except ConfidenceError:
-                confidence = None
         return tally.record(
             ex.id,
             answer,
@@ -220,43 +206,44 @@ class Comparison:
             model=_answering_model(decisions, arm, cfg),
             wall_s=wall,
             escalated=any(d.escalated for d in decisions),
-            error=error,
-            confidence=confidence,
+            error=_describe(failure),
+            confidence=None if scored is None else await _score(est, scored),
         )
+
+    async def _run(self, graph: Any, model: Model, budget: Budget, ex: Example) -> tuple[str, AgentFlowError | None]:
+        """One workflow on one question: its answer, or "" and the error (one bad question must not lose
+        the rest of the run)."""
+        from workflows import QADeps, QAState, short_span_rule
+
+        deps = QADeps(model=model, rule=short_span_rule, budget=budget, max_tokens=self.config.max_tokens)
+        try:
+            state, _ = await graph.run(QAState(question=ex.question, paragraphs=list(ex.paragraphs)), deps=deps)
+        except AgentFlowError as e:
+            return "", e
+        return str(state.answer), None
 
     async def _cascade(
         self, ex: Example, small: Model, large: Model, tally: UsageTally, est: Estimator, budget: Budget
     ) -> QuestionRecord:
-        from workflows import QADeps, QAState, build, short_span_rule
+        from workflows import build
 
         cfg = self.config
         started = time.perf_counter()
-        state = QAState(question=ex.question, paragraphs=list(ex.paragraphs))
         scored = Meter(small, tally, logprobs_for=est)
-        deps = QADeps(model=budget.wrap(scored), rule=short_span_rule, budget=budget, max_tokens=cfg.max_tokens)
-        answer, error, confidence = "", None, None
-        try:
-            answer = (await build(cfg.workflow, retrieve_k=cfg.retrieve_k).run(state, deps=deps))[0].answer
-            if scored.last is not None:
-                request, completion = scored.last
-                confidence = (await est(ConfidenceState(request, completion, scored, None))).score
-        except AgentFlowError as e:  # a failed or unscorable small answer escalates
-            error = f"{type(e).__name__}: {e}"
-        escalated = error is not None or confidence is None or confidence < self._threshold()
+        answer, failure = await self._run(
+            build(cfg.workflow, retrieve_k=cfg.retrieve_k), budget.wrap(scored), budget, ex
+        )
+        confidence = None if failure is not None else await _score(est, scored)
+        escalated = confidence is None or confidence < self._threshold()  # a failed or unscorable answer escalates
         if escalated:
-            deps = QADeps(model=budget.wrap(Meter(large, tally, logprobs_for=est)), rule=short_span_rule,
-                          budget=budget, max_tokens=cfg.max_tokens)  # fmt: skip
-            small_answer, small_error = answer, error
-            error = None
-            try:
-                answer = (await build("direct").run(state, deps=deps))[0].answer
+            large_model = budget.wrap(Meter(large, tally, logprobs_for=est))
+            large_answer, large_failure = await self._run(build("direct"), large_model, budget, ex)
+            if failure is None and _is_budget_refusal(large_failure):  # the budget cannot pay: keep the small answer
+                budget.record_degradation(f"{ex.id}: kept the small model's answer, the large one over budget")
+                escalated = False
+            else:
+                answer, failure = large_answer, large_failure
                 budget.record_escalation(cfg.small_model, cfg.large_model)
-            except AgentFlowError as e:
-                if _is_budget_refusal(e) and small_error is None:  # the budget cannot pay: keep the small answer
-                    budget.record_degradation(f"{ex.id}: kept the small model's answer, the large one over budget")
-                    answer, escalated = small_answer, False
-                else:
-                    answer, error = "", f"{type(e).__name__}: {e}"
         return tally.record(
             ex.id,
             answer,
@@ -264,17 +251,32 @@ class Comparison:
             model=cfg.large_model if escalated else cfg.small_model,
             wall_s=time.perf_counter() - started,
             escalated=escalated,
-            error=error,
+            error=_describe(failure),
             confidence=confidence,
         )
 
 
-def _is_budget_refusal(e: BaseException) -> bool:
+async def _score(est: Estimator, meter: Meter) -> float | None:
+    """The estimator's confidence in the meter's last answer, or None when there is none or it cannot say."""
+    if meter.last is None:
+        return None
+    request, completion = meter.last
+    try:
+        return (await est(ConfidenceState(request, completion, meter, None))).score
+    except ConfidenceError:
+        return None
+
+
+def _describe(error: AgentFlowError | None) -> str | None:
+    return None if error is None else f"{type(error).__name__}: {error}"
+
+
+def _is_budget_refusal(e: BaseException | None) -> bool:
     """A BudgetExceeded, also when a graph node wraps it."""
     while e is not None:
         if isinstance(e, BudgetExceeded):
             return True
-        e = e.__cause__  # type: ignore[assignment]
+        e = e.__cause__
     return False
 
 
