@@ -165,6 +165,10 @@ async def _compare(**o: Any) -> None:
         small_model=small_name,
         large_model=large_name,
     )
+    if o["thresholds"] is not None:  # a missing or mismatched file is refused before any server starts
+        from ._calibration import Thresholds
+
+        Thresholds.load(o["thresholds"]).for_ladder([small_name, large_name])
     console = Console(width=None if sys.stdout.isatty() else 150)
     cache_path = o["cache"] or (_cache_dir() or DEFAULT_CACHE_DIR.parent) / "responses.sqlite"
     async with AsyncExitStack() as stack:

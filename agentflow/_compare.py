@@ -67,6 +67,12 @@ class CompareConfig:
             raise ConfigError(f"unknown arms {unknown or '(none)'}: choose from {', '.join(ARMS)}")
         if self.retrieve_k < 1:
             raise ConfigError(f"retrieve_k must be >= 1, got {self.retrieve_k}")
+        how, _, variants = self.estimator.partition(":")
+        if how not in ("mean", "geomean", "min", "joint") or variants not in ("", "variants"):
+            raise ConfigError(
+                f"unknown estimator {self.estimator!r}: choose mean, geomean, min or joint, optionally "
+                "with ':variants' (count 'Yes' and 'yes' as one answer), e.g. mean:variants"
+            )
 
 
 class Meter:
@@ -130,12 +136,7 @@ class Comparison:
         return float(values[0])
 
     def _estimator(self) -> Estimator:
-        how, _, variants = self.config.estimator.partition(":")
-        if how not in ("mean", "geomean", "min", "joint") or variants not in ("", "variants"):
-            raise ConfigError(
-                f"unknown estimator {self.config.estimator!r}: choose mean, geomean, min or joint, optionally "
-                "with ':variants' (count 'Yes' and 'yes' as one answer), e.g. mean:variants"
-            )
+        how, _, variants = self.config.estimator.partition(":")  # checked by CompareConfig
         return TokenProb(how, variants=bool(variants))  # type: ignore[arg-type]
 
     async def run(self, cache_path: Path | None = None) -> dict[str, Any]:

@@ -116,6 +116,8 @@ def test_main_exits_1_on_agentflow_errors(monkeypatch: pytest.MonkeyPatch, capsy
         (["--workflow", "magic"], "choose one of"),
         (["--arms", "agent,huge"], "huge"),
         (["--dataset", "nosuchset"], "nosuchset"),
+        (["--estimator", "median"], "mean:variants"),
+        (["--thresholds", "/nonexistent/thresholds.json"], "agentflow calibrate"),
     ],
 )
 def test_compare_refuses_bad_options_before_starting_anything(args: list[str], fix: str, tmp_path: Path) -> None:
