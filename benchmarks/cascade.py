@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import serving
-from agentflow import ModelClient, get_model, load_dataset
-from agentflow._compare import CompareConfig, Comparison
-from agentflow._data import default_data_dir
-from agentflow._store import DEFAULT_CACHE_DIR
+from agentflow import ModelClient, get_model
+from agentflow.eval import CompareConfig, Comparison, load_dataset
+from serving import DEFAULT_CACHE_DIR
+from workflows import solve
 
 ROOT = Path(__file__).resolve().parent
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
@@ -63,16 +63,16 @@ async def run_set(
         small_model=small.name,
         large_model=large.name,
     )
-    report = await Comparison(base, examples, small, large, out / f"{name}-{tag}-base").run(cache)
+    report = await Comparison(base, examples, small, large, out / f"{name}-{tag}-base", solve).run(cache)
     rows.extend(_rows(name, report, workflow))
     for t in THRESHOLDS:
         cfg = replace(base, arms=("agent",), threshold=t)
-        report = await Comparison(cfg, examples, small, large, out / f"{name}-{tag}-t{t}").run(cache)
+        report = await Comparison(cfg, examples, small, large, out / f"{name}-{tag}-t{t}", solve).run(cache)
         rows.extend(_rows(name, report, workflow, label=f"agent t={t}"))
         print(f"  {name} agent t={t}: em={report['arms'][0]['em']:.3f}", flush=True)
     for t in THRESHOLDS:  # small behind retrieval, escalating to the large model on the full context
         cfg = replace(base, arms=("cascade",), threshold=t)
-        report = await Comparison(cfg, examples, small, large, out / f"{name}-{tag}-cascade-t{t}").run(cache)
+        report = await Comparison(cfg, examples, small, large, out / f"{name}-{tag}-cascade-t{t}", solve).run(cache)
         rows.extend(_rows(name, report, workflow, label=f"cascade t={t}"))
         print(f"  {name} cascade t={t}: em={report['arms'][0]['em']:.3f}", flush=True)
     return rows
@@ -179,10 +179,9 @@ async def main() -> None:
     p.add_argument("--skip-hotpotqa", action="store_true")
     p.add_argument("--skip-strategyqa", action="store_true")
     args = p.parse_args()
-    data = default_data_dir()
     hp_rows = [0, 1, 250, 251] if args.quick else [*range(20), *range(250, 270)]
-    hotpot = load_dataset("hotpotqa", rows=hp_rows, data_dir=data)
-    strat = load_dataset("strategyqa", limit=4 if args.quick else 50, data_dir=data)
+    hotpot = load_dataset("hotpotqa", rows=hp_rows)
+    strat = load_dataset("strategyqa", limit=4 if args.quick else 50)
     cache = DEFAULT_CACHE_DIR.parent / "responses.sqlite"
     small_name, large_name = get_model("small").name, get_model("large").name
     rows: list[dict[str, Any]] = []

@@ -13,7 +13,8 @@ import json
 import sys
 
 import serving
-from agentflow import Budget, BudgetLimits, ModelClient, Paragraph
+from agentflow import Budget, BudgetLimits, ModelClient
+from agentflow.eval import Paragraph
 from workflows import QADeps, QAState, build, short_span_rule
 
 PARAGRAPHS = [

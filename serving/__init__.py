@@ -17,13 +17,15 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from agentflow._catalog import ModelSpec, get_model
+from agentflow import ModelSpec, get_model
 
 from ._llamacpp import LLAMA_CPP_INSTALL, LlamaCppServer, llama_cpp_argv, require_llama_cpp
+from ._model_files import DEFAULT_CACHE_DIR, ModelStatus, installed_models, model_path
 from ._process import DEFAULT_LOG_DIR, HOST, ManagedServer, free_port, log_tail
 from ._vllm import QUANTIZATIONS, QWEN25_7B_AWQ, QWEN25_72B_AWQ, VLLM_SPECS, VLLMServer, VLLMSpec
 
 __all__ = [
+    "DEFAULT_CACHE_DIR",
     "DEFAULT_LOG_DIR",
     "HOST",
     "LLAMA_CPP_INSTALL",
@@ -33,11 +35,14 @@ __all__ = [
     "VLLM_SPECS",
     "LlamaCppServer",
     "ManagedServer",
+    "ModelStatus",
     "VLLMServer",
     "VLLMSpec",
     "free_port",
+    "installed_models",
     "llama_cpp_argv",
     "log_tail",
+    "model_path",
     "require_llama_cpp",
     "server_for",
     "start_servers",

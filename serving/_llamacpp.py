@@ -7,10 +7,9 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from agentflow._catalog import ModelSpec, get_model
-from agentflow._exceptions import ConfigError, MissingDependencyError
-from agentflow._store import model_path
+from agentflow import ConfigError, MissingDependencyError, ModelSpec, get_model
 
+from ._model_files import model_path
 from ._process import HOST, ManagedServer
 
 __all__ = ["LLAMA_CPP_INSTALL", "LlamaCppServer", "llama_cpp_argv", "require_llama_cpp"]

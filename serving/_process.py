@@ -25,7 +25,7 @@ from typing import IO, Self
 
 import httpx
 
-from agentflow._exceptions import ServingError
+from agentflow import ServingError
 
 __all__ = ["DEFAULT_LOG_DIR", "HOST", "ManagedServer", "free_port", "log_tail"]
 

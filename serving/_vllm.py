@@ -14,8 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from agentflow._catalog import ModelSpec, list_models, register_model
-from agentflow._exceptions import ConfigError, MissingDependencyError
+from agentflow import ConfigError, MissingDependencyError
 
 from ._process import HOST, ManagedServer
 
@@ -199,33 +198,5 @@ QWEN25_72B_AWQ = VLLMSpec(
 )
 """Large GPU model: four 48 GB (or 80 GB) GPUs, tensor parallel."""
 
-_GPU_MODELS = (
-    ModelSpec(
-        name="qwen2.5-7b-instruct-awq",
-        total_params=7_615_616_512,
-        active_params=7_615_616_512,
-        quantization="AWQ",
-        format="safetensors",
-        context_length=32768,
-        hf_repo="Qwen/Qwen2.5-7B-Instruct-AWQ",
-        aliases=("Qwen2.5-7B-Instruct-AWQ",),
-    ),
-    ModelSpec(
-        name="qwen2.5-72b-instruct-awq",
-        total_params=72_706_203_648,
-        active_params=72_706_203_648,
-        quantization="AWQ",
-        format="safetensors",
-        context_length=32768,
-        hf_repo="Qwen/Qwen2.5-72B-Instruct-AWQ",
-        aliases=("Qwen2.5-72B-Instruct-AWQ",),
-    ),
-)
-
 VLLM_SPECS: dict[str, VLLMSpec] = {s.served_model_name: s for s in (QWEN25_7B_AWQ, QWEN25_72B_AWQ)}
 """Ready launch specs by catalog name."""
-
-_known = {m.name for m in list_models()}
-for _spec in _GPU_MODELS:
-    if _spec.name not in _known:
-        register_model(_spec)

@@ -28,7 +28,7 @@ import pytest
 
 import serving
 from agentflow._catalog import ROLES, get_model
-from agentflow._store import find_in_site_packages
+from serving._model_files import find_in_site_packages
 
 Role = Literal["smoke", "small", "large"]
 _LLAMA_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "pydantic_settings", "starlette_context")

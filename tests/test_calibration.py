@@ -17,10 +17,10 @@ from agentflow._calibration import (
     calibrate,
     wilson_interval,
 )
-from agentflow._calibration_data import calibrate_file, collect_examples, load_examples, write_examples
 from agentflow._confidence import TokenProb
 from agentflow._exceptions import ConfigError, DatasetError
 from agentflow._types import ChatRequest, Completion, Usage
+from agentflow.eval._calibration_data import calibrate_file, collect_examples, load_examples, write_examples
 from agentflow.testing import Reply, ScriptedModel
 
 

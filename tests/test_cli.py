@@ -96,7 +96,9 @@ def test_ask_prints_the_answer_then_a_summary_line() -> None:
 def test_ask_defaults_to_the_small_role() -> None:
     import inspect
 
-    default = inspect.signature(cli.ask).parameters["model"].default
+    from agentflow.cli._core import ask
+
+    default = inspect.signature(ask).parameters["model"].default
     assert default == "qwen2.5-coder-0.5b"
 
 

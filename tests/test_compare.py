@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from agentflow import ChatRequest, ConfigError, RunConfigMismatchError, load_dataset
-from agentflow._compare import CompareConfig, Comparison
+from agentflow import ChatRequest, ConfigError, RunConfigMismatchError
+from agentflow.eval import CompareConfig, Comparison, load_dataset
 from agentflow.testing import FunctionModel, Reply
+from workflows import solve
 
 DATA = Path(__file__).parent / "data"
 SMALL, LARGE = "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"
@@ -63,7 +64,7 @@ async def test_report_has_every_figure_per_arm_and_per_question(tmp_path: Path) 
     examples = _examples()
     small = oracle(SMALL, right={"enslaved worlds", "Scott Derrickson"}, prob=0.5)  # unsure: always escalates
     large = oracle(LARGE, right=set(GOLD), prob=0.95)
-    report = await Comparison(_config(examples), examples, small, large, tmp_path).run()
+    report = await Comparison(_config(examples), examples, small, large, tmp_path, solve).run()
 
     arms = {a["name"]: a for a in report["arms"]}
     assert set(arms) == {"agent", "large", "small", "large-retrieval"}
@@ -97,7 +98,7 @@ async def test_confident_small_model_answers_alone(tmp_path: Path) -> None:
     examples = _examples()
     small = oracle(SMALL, right=set(GOLD), prob=0.99)
     large = oracle(LARGE, right=set(GOLD), prob=0.99)
-    report = await Comparison(_config(examples, arms=("agent",)), examples, small, large, tmp_path).run()
+    report = await Comparison(_config(examples, arms=("agent",)), examples, small, large, tmp_path, solve).run()
     (agent,) = report["arms"]
     assert agent["escalation_rate"] == 0.0
     assert set(agent["tokens"]) == {SMALL}
@@ -119,7 +120,7 @@ async def test_cascade_escalates_unsure_answers_to_the_large_model_on_the_full_c
     small = _prob_by_question({"Kiss and Tell": 0.3, "Big Stone Gap": 0.5}, SMALL)
     large = oracle(LARGE, right=set(GOLD), prob=0.99)
     cfg = _config(examples, arms=("small", "large", "cascade"), threshold=0.8)
-    report = await Comparison(cfg, examples, small, large, tmp_path).run(tmp_path / "cache.sqlite")
+    report = await Comparison(cfg, examples, small, large, tmp_path, solve).run(tmp_path / "cache.sqlite")
     arms = {a["name"]: a for a in report["arms"]}
     assert arms["cascade"]["escalation_rate"] == pytest.approx(0.4)
     escalated = {q["question"][:20]: q["arms"]["cascade"] for q in report["questions"]}
@@ -140,7 +141,7 @@ async def test_cascade_keeps_the_small_answer_when_the_budget_cannot_pay_for_the
     small = oracle(SMALL, right={"Scott Derrickson"}, prob=0.3)  # unsure everywhere: would always escalate
     large = oracle(LARGE, right=set(GOLD), prob=0.99)
     cfg = _config(examples, arms=("cascade",), threshold=0.8)
-    comparison = Comparison(cfg, examples, small, large, tmp_path, limits=BudgetLimits(requests=1))
+    comparison = Comparison(cfg, examples, small, large, tmp_path, solve, limits=BudgetLimits(requests=1))
     report = await comparison.run()
     (arm,) = report["arms"]
     assert large.requests == [] and arm["errors"] == 0 and arm["escalation_rate"] == 0.0
@@ -152,11 +153,11 @@ async def test_a_rerun_with_the_same_settings_costs_nothing(tmp_path: Path) -> N
     cache = tmp_path / "responses.sqlite"
     first_small, first_large = oracle(SMALL, right=set(GOLD), prob=0.5), oracle(LARGE, right=set(GOLD), prob=0.9)
     cfg = _config(examples, arms=("agent", "large"))
-    await Comparison(cfg, examples, first_small, first_large, tmp_path / "a").run(cache)
+    await Comparison(cfg, examples, first_small, first_large, tmp_path / "a", solve).run(cache)
     assert first_small.requests and first_large.requests
 
     again_small, again_large = oracle(SMALL, right=set(), prob=0.5), oracle(LARGE, right=set(), prob=0.9)
-    report = await Comparison(cfg, examples, again_small, again_large, tmp_path / "b").run(cache)
+    report = await Comparison(cfg, examples, again_small, again_large, tmp_path / "b", solve).run(cache)
     assert again_small.requests == [] and again_large.requests == []
     arms = {a["name"]: a for a in report["arms"]}
     assert arms["large"]["em"] == 1.0  # the cached answers, not the new (wrong) models
@@ -166,9 +167,11 @@ async def test_a_rerun_with_the_same_settings_costs_nothing(tmp_path: Path) -> N
 async def test_other_settings_in_the_same_folder_are_refused(tmp_path: Path) -> None:
     examples = _examples()
     small, large = oracle(SMALL, right=set(), prob=0.99), oracle(LARGE, right=set(), prob=0.99)
-    await Comparison(_config(examples, arms=("small",)), examples, small, large, tmp_path).run()
+    await Comparison(_config(examples, arms=("small",)), examples, small, large, tmp_path, solve).run()
     with pytest.raises(RunConfigMismatchError):
-        await Comparison(_config(examples, arms=("small",), workflow="cot"), examples, small, large, tmp_path).run()
+        await Comparison(
+            _config(examples, arms=("small",), workflow="cot"), examples, small, large, tmp_path, solve
+        ).run()
 
 
 def test_bad_arm_names_are_clear_errors() -> None:
@@ -182,8 +185,9 @@ KILLED_RUN = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, {tests!r})
     from test_compare import _config, _examples, oracle, SMALL, LARGE, GOLD
-    from agentflow._compare import Comparison
+    from agentflow.eval import Comparison
     from agentflow.testing import FunctionModel, Reply
+    from workflows import solve
 
     asked = Path({asked!r})
 
@@ -199,7 +203,7 @@ KILLED_RUN = textwrap.dedent(
     examples = _examples()
     small = FunctionModel(answer, name=SMALL)
     large = oracle(LARGE, right=set(GOLD), prob=0.99)
-    asyncio.run(Comparison(_config(examples, arms=("small",)), examples, small, large, Path({out!r})).run())
+    asyncio.run(Comparison(_config(examples, arms=("small",)), examples, small, large, Path({out!r}), solve).run())
     """
 )
 
@@ -215,7 +219,7 @@ def test_a_killed_run_resumes_without_answering_any_question_twice(tmp_path: Pat
     examples = _examples()
     small = oracle(SMALL, right=set(GOLD), prob=0.99)
     large = oracle(LARGE, right=set(GOLD), prob=0.99)
-    report = asyncio.run(Comparison(_config(examples, arms=("small",)), examples, small, large, out).run())
+    report = asyncio.run(Comparison(_config(examples, arms=("small",)), examples, small, large, out, solve).run())
     again = [next(k for k in GOLD if k in _question(r)) for r in small.requests]
     assert again == ["Big Stone Gap", "Scott Derrickson", "Laleli Mosque"]  # the two answered ones are kept
     assert report["arms"][0]["n"] == 5

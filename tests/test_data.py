@@ -8,16 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from agentflow._data import (
+import agentflow.eval
+from agentflow._exceptions import ConfigError, DatasetError, MissingDependencyError
+from agentflow.eval._data import (
+    BUNDLED_DATA_DIR,
     DATASETS,
     Example,
-    default_data_dir,
     from_hf_dataset,
     from_records,
     load_dataset,
     parse_number,
 )
-from agentflow._exceptions import ConfigError, DatasetError, MissingDependencyError
 
 DATA = Path(__file__).parent / "data"
 
@@ -159,14 +160,14 @@ def test_missing_file_for_a_name_or_path(tmp_path: Path) -> None:
         load_dataset(tmp_path / "nope.jsonl")
 
 
-def test_default_data_dir_env_then_parent_search(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    assert default_data_dir(env={"AGENTFLOW_DATA_DIR": "/x/y"}) == Path("/x/y")
-    (tmp_path / "shared" / "data").mkdir(parents=True)
-    (tmp_path / "shared" / "data" / "hotpotqa_dev.jsonl").write_text("")
-    start = tmp_path / "main" / "sub"
-    start.mkdir(parents=True)
-    assert default_data_dir(env={}, start=start) == tmp_path / "shared" / "data"
-    assert default_data_dir(env={}, start=tmp_path_factory.mktemp("empty")) is None
+def test_the_bundled_sets_load_by_name_with_no_data_dir() -> None:
+    """`pip install` brings the evaluation sets: nothing outside the package is read."""
+    sizes = {"hotpotqa": 500, "2wikimultihopqa": 164, "strategyqa": 229, "gsm8k": 1319}
+    for name, rows in sizes.items():
+        examples = load_dataset(name)
+        assert len(examples) == rows, name
+    assert (BUNDLED_DATA_DIR / "SOURCES.md").is_file()
+    assert BUNDLED_DATA_DIR.resolve().is_relative_to(Path(agentflow.eval.__file__).resolve().parent)
 
 
 def test_from_records_maps_columns_and_hf_hotpot_context() -> None:

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from agentflow._data import Example
-from agentflow._metrics import (
+from agentflow.eval._data import Example
+from agentflow.eval._metrics import (
     Interval,
     bootstrap_ci,
     exact_match,

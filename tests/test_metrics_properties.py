@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentflow._metrics import (
+from agentflow.eval._metrics import (
     bootstrap_ci,
     exact_match,
     extract_number,

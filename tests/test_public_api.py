@@ -22,9 +22,9 @@ def test_every_public_name_exists_once_and_is_documented() -> None:
 def test_nothing_private_leaks_into_the_namespace() -> None:
     public = {n for n in vars(agentflow) if not n.startswith("_")}
     modules = {n for n in public if inspect.ismodule(getattr(agentflow, n))}
-    # Submodules that Python binds on import (cli, testing) are the only public names outside __all__.
+    # Subpackages that Python binds on import (cli, eval, testing) are the only public names outside __all__.
     assert public - set(agentflow.__all__) - modules == set()
-    assert modules <= {"cli", "testing"}
+    assert modules <= {"cli", "eval", "testing"}
 
 
 def test_every_error_is_in_one_tree() -> None:
@@ -41,4 +41,19 @@ def test_workflows_use_the_public_api_only() -> None:
     for path in Path(workflows.__file__).parent.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("agentflow"):
-                assert node.module == "agentflow", f"{path.name} imports from {node.module}"
+                assert node.module in ("agentflow", "agentflow.eval"), f"{path.name} imports from {node.module}"
+
+
+def test_the_evaluation_namespace_is_curated_and_documented() -> None:
+    import agentflow.eval
+
+    names = agentflow.eval.__all__
+    assert len(names) == len(set(names))
+    assert not set(names) & set(agentflow.__all__), "a name belongs to one namespace"
+    for name in names:
+        obj = getattr(agentflow.eval, name)
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            assert obj.__doc__ and obj.__doc__.strip(), f"agentflow.eval.{name} has no docstring"
+    # datasets, metrics, retrieval, stores, compare and report live here, not in the core
+    for name in ("load_dataset", "exact_match", "top_paragraphs", "RunStore", "ResponseCache", "Comparison"):
+        assert name in names and name not in agentflow.__all__

@@ -15,8 +15,8 @@ from conftest import pid_gone, real_model_skip_reason
 
 import serving
 from agentflow._catalog import get_model
-from agentflow._store import DEFAULT_CACHE_DIR, model_path
 from agentflow._types import ChatRequest
+from serving._model_files import DEFAULT_CACHE_DIR, model_path
 
 pytestmark = pytest.mark.real_model
 

@@ -17,8 +17,8 @@ from pydantic import BaseModel, Field
 
 import serving
 from agentflow._catalog import get_model
-from agentflow._store import model_path
 from agentflow._types import ChatRequest
+from serving._model_files import model_path
 
 pytestmark = pytest.mark.real_model
 

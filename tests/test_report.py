@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from agentflow._data import Example
-from agentflow._report import (
+from agentflow._types import Usage
+from agentflow.eval._data import Example
+from agentflow.eval._report import (
     ArmResult,
     QuestionRecord,
     UsageTally,
@@ -17,8 +18,7 @@ from agentflow._report import (
     estimate_flops,
     write_report,
 )
-from agentflow._report_render import render_table
-from agentflow._types import Usage
+from agentflow.eval._report_render import render_table
 
 SMALL = "qwen2.5-coder-0.5b"
 LARGE = "qwen2.5-coder-1.5b"
@@ -149,9 +149,9 @@ def test_render_table_for_the_cli() -> None:
 
 
 async def test_usage_tally_from_completions_counts_cache_hits_at_their_original_cost() -> None:
-    from agentflow._metrics import Score
-    from agentflow._store_runs import CachedModel, ResponseCache
     from agentflow._types import ChatRequest
+    from agentflow.eval._metrics import Score
+    from agentflow.eval._stores import CachedModel, ResponseCache
     from agentflow.testing import Reply, ScriptedModel
 
     model = CachedModel(
@@ -181,11 +181,11 @@ def test_usage_tally_as_an_event_listener() -> None:
 
 async def test_pipeline_load_retrieve_answer_store_resume_report(tmp_path: Path) -> None:
     """How the compare command fits the pieces together, with a resume after a 'kill'."""
-    from agentflow._data import load_dataset
-    from agentflow._metrics import score
-    from agentflow._retrieval import top_paragraphs
-    from agentflow._store_runs import CachedModel, ResponseCache, RunStore
     from agentflow._types import ChatRequest
+    from agentflow.eval._data import load_dataset
+    from agentflow.eval._metrics import score
+    from agentflow.eval._retrieval import top_paragraphs
+    from agentflow.eval._stores import CachedModel, ResponseCache, RunStore
     from agentflow.testing import FunctionModel
 
     examples = load_dataset("hotpotqa", data_dir=Path(__file__).parent / "data")

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import rank_bm25
 
-from agentflow._data import Paragraph, default_data_dir, load_dataset
 from agentflow._exceptions import MissingDependencyError
-from agentflow._retrieval import RetrievalSettings, rank_paragraphs, supporting_recall, tokenize, top_paragraphs
+from agentflow.eval._data import Paragraph, load_dataset
+from agentflow.eval._retrieval import RetrievalSettings, rank_paragraphs, supporting_recall, tokenize, top_paragraphs
 
 DATA = Path(__file__).parent / "data"
 
@@ -108,12 +108,9 @@ def test_supporting_recall_on_fixture_rows() -> None:
     )
 
 
-def test_recall_on_the_shared_hotpotqa_rows() -> None:
+def test_recall_on_the_bundled_hotpotqa_rows() -> None:
     """Rows 0-19 (bridge) and 250-269 (comparison): both gold paragraphs in the top 2 / top 3."""
-    data_dir = default_data_dir()
-    if data_dir is None:
-        pytest.skip("the shared data directory was not found: set AGENTFLOW_DATA_DIR to enable this test")
-    examples = load_dataset("hotpotqa", rows=[*range(20), *range(250, 270)], data_dir=data_dir)
+    examples = load_dataset("hotpotqa", rows=[*range(20), *range(250, 270)])
     assert supporting_recall(examples, 2) >= 0.70
     assert supporting_recall(examples, 3) >= 0.80
     plain = RetrievalSettings(title_weight=0, title_bonus=0.0, link_bonus=0.0)

@@ -10,8 +10,9 @@ import pytest
 from pydantic import BaseModel
 
 from agentflow._exceptions import ConfigError
-from agentflow._report import QuestionRecord, original_usage
-from agentflow._store_runs import (
+from agentflow._types import ChatRequest, ChoiceOutput, Completion, JsonOutput, Message, TokenLogprob, Usage
+from agentflow.eval._report import QuestionRecord, original_usage
+from agentflow.eval._stores import (
     CachedModel,
     ResponseCache,
     RunConfigMismatchError,
@@ -21,7 +22,6 @@ from agentflow._store_runs import (
     is_deterministic,
     request_key,
 )
-from agentflow._types import ChatRequest, ChoiceOutput, Completion, JsonOutput, Message, TokenLogprob, Usage
 from agentflow.testing import FunctionModel, Reply, ScriptedModel
 
 CONFIG = {"dataset": "hotpotqa", "rows": [0, 1, 2], "arms": ["small", "cascade"], "k": 2}

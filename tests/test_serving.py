@@ -209,9 +209,10 @@ def test_real_model_skip_reasons_say_how_to_enable(monkeypatch: pytest.MonkeyPat
 
 def test_serving_public_names_are_locked() -> None:
     assert serving.__all__ == [
-        "DEFAULT_LOG_DIR", "HOST", "LLAMA_CPP_INSTALL", "QUANTIZATIONS", "QWEN25_7B_AWQ", "QWEN25_72B_AWQ",
-        "VLLM_SPECS", "LlamaCppServer", "ManagedServer", "VLLMServer", "VLLMSpec", "free_port",
-        "llama_cpp_argv", "log_tail", "require_llama_cpp", "server_for", "start_servers",
+        "DEFAULT_CACHE_DIR", "DEFAULT_LOG_DIR", "HOST", "LLAMA_CPP_INSTALL", "QUANTIZATIONS", "QWEN25_7B_AWQ",
+        "QWEN25_72B_AWQ", "VLLM_SPECS", "LlamaCppServer", "ManagedServer", "ModelStatus", "VLLMServer",
+        "VLLMSpec", "free_port", "installed_models", "llama_cpp_argv", "log_tail", "model_path",
+        "require_llama_cpp", "server_for", "start_servers",
     ]  # fmt: skip
     assert all(hasattr(serving, name) for name in serving.__all__)
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-import agentflow._store as store
+import serving._model_files as store
 from agentflow._catalog import ModelSpec, PyPISource
 from agentflow._exceptions import ConfigError, MissingDependencyError, ModelFileError, UnknownModelError
-from agentflow._store import find_in_site_packages, installed_models, model_path
+from serving._model_files import find_in_site_packages, installed_models, model_path
 
 PARTS = [b"GGUF" + b"a" * 1000, b"b" * 2000, b"c" * 5]
 
@@ -79,7 +79,7 @@ def test_a_verified_cached_file_is_trusted_without_rehashing(
     def no_hashing(*a: object) -> None:
         raise AssertionError("rehashed a trusted file")
 
-    monkeypatch.setattr("agentflow._store.hashlib.sha256", no_hashing)
+    monkeypatch.setattr("serving._model_files.hashlib.sha256", no_hashing)
     assert model_path(spec, cache_dir=cache, locate=_locator(site)) == first
 
 

@@ -4,18 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agentflow import (
-    Budget,
-    BudgetLimits,
-    ChatRequest,
-    ChoiceOutput,
-    Completion,
-    ConfigError,
-    Paragraph,
-    Router,
-    TokenProb,
-    Usage,
-)
+from agentflow import Budget, BudgetLimits, ChatRequest, ChoiceOutput, Completion, ConfigError, Router, TokenProb, Usage
+from agentflow.eval import Paragraph
 from agentflow.testing import FunctionModel, Reply, ScriptedModel
 from workflows import QADeps, QAState, build, clean_answer, short_span_rule
 

@@ -13,7 +13,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict
 
-from agentflow import Append, Budget, ChatRequest, Completion, Message, Model, Paragraph
+from agentflow import Append, Budget, ChatRequest, Completion, Message, Model
+from agentflow.eval import Paragraph
 
 __all__ = [
     "ANSWER_RULES",

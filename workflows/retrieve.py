@@ -4,7 +4,8 @@ workflow: `with_retrieval(direct.build(), k=2)` runs retrieval, then that workfl
 
 from __future__ import annotations
 
-from agentflow import END, START, ConfigError, Graph, GraphBuilder, top_paragraphs
+from agentflow import END, START, ConfigError, Graph, GraphBuilder
+from agentflow.eval import top_paragraphs
 
 from ._common import QADeps, QAState
 

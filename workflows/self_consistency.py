@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from agentflow import END, START, ChatRequest, ConfigError, Ctx, Graph, GraphBuilder, normalize_answer
+from agentflow import END, START, ChatRequest, ConfigError, Ctx, Graph, GraphBuilder
+from agentflow.eval import normalize_answer
 
 from ._common import QADeps, QAState, answer_request, clean_answer
 from .direct import INSTRUCTIONS

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._exceptions import MissingDependencyError
+from .._exceptions import MissingDependencyError
 
 if TYPE_CHECKING:
     from rich.table import Table

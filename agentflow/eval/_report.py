@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._catalog import get_model
+from .._catalog import get_model
+from .._events import Event, ModelCallEvent
+from .._exceptions import UnknownModelError
+from .._types import Completion, Usage
 from ._data import Example
-from ._events import Event, ModelCallEvent
-from ._exceptions import UnknownModelError
 from ._metrics import Interval, Score, bootstrap_ci, paired_bootstrap_diff
 from ._report_render import plot_pareto, render_markdown
-from ._types import Completion, Usage
 
 __all__ = [
     "ORIGINAL_USAGE",

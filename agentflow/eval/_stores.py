@@ -27,9 +27,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ._exceptions import RunConfigMismatchError
+from .._exceptions import RunConfigMismatchError
+from .._types import ChatRequest, Completion, JsonOutput, Model, OutputSpec, TokenLogprob, Usage
 from ._report import ORIGINAL_USAGE, QuestionRecord, original_usage
-from ._types import ChatRequest, Completion, JsonOutput, Model, OutputSpec, TokenLogprob, Usage
 
 __all__ = [
     "CachedModel",

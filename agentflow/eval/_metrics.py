@@ -19,8 +19,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from .._exceptions import MissingDependencyError
 from ._data import Example, MetricKind, parse_number
-from ._exceptions import MissingDependencyError
 
 __all__ = [
     "Interval",

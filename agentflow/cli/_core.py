@@ -1,90 +1,35 @@
-"""The `agentflow` command line: `models`, `serve`, `ask` (more commands register on `app`).
-
-The environment is read here and only here: AGENTFLOW_CACHE overrides the model cache directory.
-Errors from agentflow print one red line and exit with code 1.
-"""
+"""Commands for models: `models`, `serve`, `ask` (registered on the app in `agentflow.cli`)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import time
-from collections.abc import Coroutine, Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
-import serving  # also registers the vLLM specs' catalog entries
+import serving
 from serving import LlamaCppServer, VLLMServer
 
-from ._catalog import ROLES, ModelSpec, get_model
-from ._exceptions import AgentFlowError, ServingError
+from .._catalog import ROLES, ModelSpec, get_model
+from .._exceptions import ServingError
+from ._app import cache_dir as _cache_dir
+from ._app import one_red_line as _one_red_line
+from ._app import run as _run
 
-__all__ = ["app", "main"]
-
-T = TypeVar("T")
-
-app = typer.Typer(
-    name="agentflow",
-    help="Large-model answers from small models: serve local models, ask them, run workflows.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        from . import __version__
-
-        typer.echo(f"agentflow {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _options(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit")
-    ] = False,
-) -> None:
-    """Large-model answers from small models: serve local models, ask them, run workflows."""
-
-
-def _cache_dir() -> Path | None:
-    value = os.environ.get("AGENTFLOW_CACHE")
-    return Path(value).expanduser() if value else None
-
-
-@contextmanager
-def _one_red_line() -> Iterator[None]:
-    """An AgentFlowError becomes one red line on stderr and exit code 1, with no traceback."""
-    try:
-        yield
-    except AgentFlowError as exc:
-        Console(stderr=True, soft_wrap=True).print(Text(f"error: {exc}", style="red"))
-        raise typer.Exit(1) from None
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """The one sync entry into async code, for each command."""
-    with _one_red_line():
-        return asyncio.run(coro)
+__all__ = ["ask", "models", "serve"]
 
 
 # --- models --------------------------------------------------------------------------------------
 
 
-@app.command()
 def models() -> None:
     """The model catalog: size, quantization, and whether each model is installed and cached."""
-    from ._store import installed_models
+    from serving import installed_models
 
     roles = {name: role for role, name in ROLES.items()}
     with _one_red_line():
@@ -122,7 +67,6 @@ def _yes(flag: bool) -> str:
 # --- serve ---------------------------------------------------------------------------------------
 
 
-@app.command()
 def serve(
     model: Annotated[str, typer.Argument(help="catalog name or alias (smoke, small, large, ...)")],
     port: Annotated[int | None, typer.Option(help="port on 127.0.0.1 (default: a free one)")] = None,
@@ -145,7 +89,7 @@ async def _serve(model: str, *, port: int | None, n_ctx: int, n_threads: int, dr
     console = Console(soft_wrap=True)
     if dry_run:
         if isinstance(server, LlamaCppServer) and server.model_file is None:
-            from ._store import model_path
+            from serving import model_path
 
             server.model_file = await asyncio.to_thread(model_path, server.spec, cache_dir=_cache_dir())
         server.port = port if port is not None else 8000
@@ -168,7 +112,6 @@ async def _serve(model: str, *, port: int | None, n_ctx: int, n_threads: int, dr
 # --- ask -----------------------------------------------------------------------------------------
 
 
-@app.command()
 def ask(
     question: Annotated[str, typer.Argument(help="the question to ask")],
     model: Annotated[str, typer.Option(help="catalog name or alias")] = ROLES["small"],
@@ -194,8 +137,8 @@ def ask(
 
 
 async def _ask(question: str, *, model: str, max_tokens: int, n_ctx: int) -> dict[str, Any]:
-    from ._client import ModelClient
-    from ._types import ChatRequest
+    from .._client import ModelClient
+    from .._types import ChatRequest
 
     spec: ModelSpec = get_model(model)
     began = time.monotonic()
@@ -217,21 +160,3 @@ async def _ask(question: str, *, model: str, max_tokens: int, n_ctx: int) -> dic
         "startup_s": round(startup_s, 3),
         "total_s": round(time.monotonic() - began, 3),
     }
-
-
-# --- more commands register on `app` ----------------------------------------------------------------
-# A module of commands decorates its functions with `@app.command()` (using `_run` / `_one_red_line`
-# for the one-red-line error rule) and is imported here, after `app` and the helpers exist.
-
-from . import _cli_eval  # noqa: E402, F401 - graph, calibrate, compare
-
-
-def main() -> None:
-    """Console-script entry point (`agentflow = agentflow.cli:main`)."""
-    app()
-
-
-if __name__ == "__main__":  # `python -m agentflow.cli`: run the registered module's app, not this copy's
-    from agentflow.cli import main as _main
-
-    _main()

@@ -1,4 +1,4 @@
-"""CLI commands for graphs and evaluation: `graph`, `calibrate`, `compare` (registered on `cli.app`)."""
+"""Commands for graphs and evaluation: `graph`, `calibrate`, `compare` (registered on the app in `agentflow.cli`)."""
 
 from __future__ import annotations
 
@@ -15,24 +15,25 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ._catalog import ROLES, get_model
-from ._exceptions import ConfigError
-from ._store import DEFAULT_CACHE_DIR
-from .cli import _cache_dir, _one_red_line, _run, app
+from serving import DEFAULT_CACHE_DIR
 
-__all__: list[str] = []
+from .._catalog import ROLES, get_model
+from .._exceptions import ConfigError
+from ._app import cache_dir as _cache_dir
+from ._app import one_red_line as _one_red_line
+from ._app import run as _run
+
+__all__ = ["calibrate", "compare", "graph"]
 
 
-@app.command()
 def graph(spec: Annotated[str, typer.Argument(help="MODULE:NAME of a Graph (or a function returning one)")]) -> None:
     """Print the Mermaid diagram of a graph."""
-    from ._mermaid import load_graph
+    from .._mermaid import load_graph
 
     with _one_red_line():
         typer.echo(load_graph(spec).to_mermaid())
 
 
-@app.command()
 def calibrate(
     examples: Annotated[Path, typer.Argument(help="JSONL of {score, correct, rung, cost} (compare writes one)")],
     out: Annotated[Path, typer.Option(help="where to write the thresholds (JSON)")] = Path("thresholds.json"),
@@ -47,7 +48,7 @@ def calibrate(
     ] = None,
 ) -> None:
     """Pick each rung's escalation threshold from labelled answers and write them for `compare --thresholds`."""
-    from ._calibration_data import calibrate_file
+    from ..eval._calibration_data import calibrate_file
 
     ladder = [m.strip() for m in models.split(",")] if models else None
     with _one_red_line():
@@ -73,7 +74,6 @@ def _rows(text: str) -> list[int]:
     return rows
 
 
-@app.command()
 def compare(
     dataset: Annotated[
         str, typer.Option(help="a name in the data folder (hotpotqa, ...) or a JSONL path")
@@ -135,19 +135,19 @@ def compare(
 
 
 async def _compare(**o: Any) -> None:
-    from workflows import WORKFLOWS
+    from workflows import WORKFLOWS, solve
 
-    from ._client import ModelClient
-    from ._compare import CompareConfig, Comparison
-    from ._data import default_data_dir, load_dataset
-    from ._report_render import render_table
+    from .._client import ModelClient
+    from ..eval._compare import CompareConfig, Comparison
+    from ..eval._data import load_dataset
+    from ..eval._report_render import render_table
 
     if o["workflow"] not in WORKFLOWS:
         raise ConfigError(f"unknown workflow {o['workflow']!r}: choose one of {', '.join(WORKFLOWS)}")
     if o["limit"] is not None and o["rows"] is not None:
         raise ConfigError("give --limit or --rows, not both")
     env_dir = os.environ.get("AGENTFLOW_DATA_DIR")
-    data_dir = o["data_dir"] or (Path(env_dir) if env_dir else default_data_dir())
+    data_dir = o["data_dir"] or (Path(env_dir) if env_dir else None)  # None: the bundled sets
     rows = _rows(o["rows"]) if o["rows"] else None
     examples = load_dataset(o["dataset"], limit=o["limit"], rows=rows, data_dir=data_dir)
     if not examples:
@@ -166,7 +166,7 @@ async def _compare(**o: Any) -> None:
         large_model=large_name,
     )
     if o["thresholds"] is not None:  # a missing or mismatched file is refused before any server starts
-        from ._calibration import Thresholds
+        from .._calibration import Thresholds
 
         Thresholds.load(o["thresholds"]).for_ladder([small_name, large_name])
     console = Console(width=None if sys.stdout.isatty() else 150)
@@ -201,7 +201,7 @@ async def _compare(**o: Any) -> None:
             def advance(arm: Any, _record: object) -> None:
                 progress.advance(tasks[arm])
 
-            comparison = Comparison(config, examples, small, large, o["out"], on_question=advance)
+            comparison = Comparison(config, examples, small, large, o["out"], solve, on_question=advance)
             for arm in config.arms:  # answers already stored (a resumed run) count as done
                 progress.update(tasks[arm], completed=len(comparison.stored_ids(arm)))
             report = await comparison.run(cache_path)

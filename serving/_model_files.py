@@ -19,8 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from ._catalog import ModelSpec, get_model, list_models
-from ._exceptions import ConfigError, MissingDependencyError, ModelFileError
+from agentflow import ConfigError, MissingDependencyError, ModelFileError, ModelSpec, get_model, list_models
 
 __all__ = [
     "DEFAULT_CACHE_DIR",

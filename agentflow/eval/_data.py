@@ -5,7 +5,7 @@ One object per line with `id`, `question`, `answer` (str), `aliases` (list[str])
 Every other field is kept in `Example.extra`. A line that does not parse raises `DatasetError`
 naming the file, the line number and what is wrong.
 
-    load_dataset("hotpotqa", limit=20)                 # <data_dir>/hotpotqa_dev.jsonl
+    load_dataset("hotpotqa", limit=20)                 # the bundled copy (agentflow/eval/data)
     load_dataset("path/to/my.jsonl", rows=[0, 5, 9])   # any file in the same format
 """
 
@@ -13,22 +13,21 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ._exceptions import DatasetError, MissingDependencyError
+from .._exceptions import DatasetError, MissingDependencyError
 
 __all__ = [
+    "BUNDLED_DATA_DIR",
     "DATASETS",
     "DecompositionStep",
     "Example",
     "MetricKind",
     "Paragraph",
-    "default_data_dir",
     "from_hf_dataset",
     "from_records",
     "load_dataset",
@@ -52,8 +51,6 @@ DATASETS: dict[str, _DatasetInfo] = {
     "gsm8k": _DatasetInfo("gsm8k_test.jsonl", "number"),
 }
 """Bundled dataset names and the file each resolves to inside the data directory."""
-
-DATA_DIR_ENV = "AGENTFLOW_DATA_DIR"
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,19 +214,8 @@ def _example(obj: Any, metric: MetricKind) -> Example:
 # --- files and names ------------------------------------------------------------------------------
 
 
-def default_data_dir(*, env: Mapping[str, str] | None = None, start: Path | None = None) -> Path | None:
-    """Where the bundled JSONL files live: $AGENTFLOW_DATA_DIR, else the first `shared/data` found
-    next to the working directory or one of its parents (the repo layout `work/{main,shared/data}`).
-    Returns None when neither exists. `env` and `start` default to os.environ and the cwd."""
-    env = os.environ if env is None else env
-    if env.get(DATA_DIR_ENV):
-        return Path(env[DATA_DIR_ENV])
-    here = (start or Path.cwd()).resolve()
-    for base in (here, *here.parents):
-        for candidate in (base / "shared" / "data", base / "data"):
-            if (candidate / DATASETS["hotpotqa"].file).is_file():
-                return candidate
-    return None
+BUNDLED_DATA_DIR = Path(__file__).parent / "data"
+"""The evaluation sets shipped inside the package (see `SOURCES.md` there for origins and licences)."""
 
 
 def _resolve(name_or_path: str | Path, data_dir: Path | str | None) -> tuple[Path, MetricKind]:
@@ -237,17 +223,12 @@ def _resolve(name_or_path: str | Path, data_dir: Path | str | None) -> tuple[Pat
     key = text.lower()
     if key in DATASETS:
         info = DATASETS[key]
-        base = Path(data_dir) if data_dir is not None else default_data_dir()
-        if base is None:
-            raise DatasetError(
-                f"cannot find the data directory for dataset {text!r}: pass data_dir=..., "
-                f"set ${DATA_DIR_ENV}, or pass the path of a .jsonl file"
-            )
+        base = Path(data_dir) if data_dir is not None else BUNDLED_DATA_DIR
         path = base / info.file
         if not path.is_file():
             raise DatasetError(
-                f"dataset {text!r} should be at {path}, which does not exist: pass the right data_dir, "
-                f"set ${DATA_DIR_ENV}, or pass the path of a .jsonl file"
+                f"dataset {text!r} should be at {path}, which does not exist: pass the right data_dir "
+                "(or leave it unset for the bundled copy), or pass the path of a .jsonl file"
             )
         return path, info.metric
     path = Path(text)

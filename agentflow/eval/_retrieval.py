@@ -25,8 +25,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .._exceptions import MissingDependencyError
 from ._data import Example, Paragraph
-from ._exceptions import MissingDependencyError
 
 __all__ = [
     "DEFAULT_RETRIEVAL",

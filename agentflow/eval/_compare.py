@@ -26,20 +26,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from ._budget import Budget, BudgetLimits
-from ._calibration import DEFAULT_THRESHOLD, Thresholds
-from ._confidence import ConfidenceState, Estimator, TokenProb
-from ._data import Example
-from ._exceptions import AgentFlowError, BudgetExceeded, ConfidenceError, ConfigError
+from .._budget import Budget, BudgetLimits
+from .._calibration import DEFAULT_THRESHOLD, Thresholds
+from .._confidence import ConfidenceState, Estimator, TokenProb
+from .._exceptions import AgentFlowError, BudgetExceeded, ConfidenceError, ConfigError
+from .._router import RouteDecision, Router
+from .._types import ChatRequest, Completion, Model
+from ._data import Example, Paragraph
 from ._metrics import score
 from ._report import ArmResult, QuestionRecord, UsageTally, write_report
-from ._router import RouteDecision, Router
-from ._store_runs import CachedModel, ResponseCache, RunStore
-from ._types import ChatRequest, Completion, Model
+from ._stores import CachedModel, ResponseCache, RunStore
 
-__all__ = ["ARMS", "ArmName", "CompareConfig", "Comparison", "Meter"]
+__all__ = ["ARMS", "ArmName", "CompareConfig", "Comparison", "Meter", "Solver"]
 
 ArmName = Literal["agent", "large", "large-retrieval", "small", "large-cot", "cascade"]
 ARMS: tuple[ArmName, ...] = ("agent", "large", "large-retrieval", "small", "large-cot", "cascade")
@@ -75,6 +75,24 @@ class CompareConfig:
             )
 
 
+class Solver(Protocol):
+    """Runs a named workflow on one question with a model and returns its answer (`workflows.solve`).
+
+    Evaluation is handed one instead of importing the workflows package, which is built on agentflow."""
+
+    async def __call__(
+        self,
+        workflow: str,
+        model: Model,
+        *,
+        question: str,
+        paragraphs: Sequence[Paragraph],
+        retrieve_k: int | None,
+        budget: Budget | None,
+        max_tokens: int,
+    ) -> str: ...
+
+
 class Meter:
     """A Model wrapper that tallies what every call cost (cached calls at their original cost) and keeps
     the last call. With `logprobs_for`, it asks for the logprobs that estimator reads, so this arm's
@@ -108,6 +126,7 @@ class Comparison:
     small: Model
     large: Model
     out_dir: Path
+    solve: Solver
     limits: BudgetLimits | None = None
     on_question: Callable[[str, QuestionRecord], None] | None = None
     _cache: ResponseCache | None = field(default=None, init=False)
@@ -168,9 +187,6 @@ class Comparison:
         return write_report(self.out_dir, arms, list(self.examples), meta=meta)
 
     async def _answer(self, arm: ArmName, ex: Example, small: Model, large: Model) -> QuestionRecord:
-        # Imported here: the workflows package is built on agentflow's public API.
-        from workflows import build
-
         tally = UsageTally()
         decisions: list[RouteDecision] = []
         est = self._estimator()
@@ -189,16 +205,16 @@ class Comparison:
                 budget=budget,
                 listener=decisions.append,
             )
-            graph = build(cfg.workflow, retrieve_k=cfg.retrieve_k)
+            workflow, k = cfg.workflow, cfg.retrieve_k
         elif arm in ("small", "large-retrieval"):
             scored = Meter(small if arm == "small" else large, tally, logprobs_for=est)
-            model, graph = budget.wrap(scored), build(cfg.workflow, retrieve_k=cfg.retrieve_k)
+            model, workflow, k = budget.wrap(scored), cfg.workflow, cfg.retrieve_k
         elif arm == "large-cot":
-            model, graph = budget.wrap(Meter(large, tally, logprobs_for=est)), build("cot")
+            model, workflow, k = budget.wrap(Meter(large, tally, logprobs_for=est)), "cot", None
         else:
-            model, graph = budget.wrap(Meter(large, tally, logprobs_for=est)), build("direct")
+            model, workflow, k = budget.wrap(Meter(large, tally, logprobs_for=est)), "direct", None
         started = time.perf_counter()
-        answer, failure = await self._run(graph, model, budget, ex)
+        answer, failure = await self._run(workflow, k, model, budget, ex)
         wall = time.perf_counter() - started
         return tally.record(
             ex.id,
@@ -211,34 +227,37 @@ class Comparison:
             confidence=None if scored is None else await _score(est, scored),
         )
 
-    async def _run(self, graph: Any, model: Model, budget: Budget, ex: Example) -> tuple[str, AgentFlowError | None]:
+    async def _run(
+        self, workflow: str, retrieve_k: int | None, model: Model, budget: Budget, ex: Example
+    ) -> tuple[str, AgentFlowError | None]:
         """One workflow on one question: its answer, or "" and the error (one bad question must not lose
         the rest of the run)."""
-        from workflows import QADeps, QAState, short_span_rule
-
-        deps = QADeps(model=model, rule=short_span_rule, budget=budget, max_tokens=self.config.max_tokens)
         try:
-            state, _ = await graph.run(QAState(question=ex.question, paragraphs=list(ex.paragraphs)), deps=deps)
+            answer = await self.solve(
+                workflow,
+                model,
+                question=ex.question,
+                paragraphs=ex.paragraphs,
+                retrieve_k=retrieve_k,
+                budget=budget,
+                max_tokens=self.config.max_tokens,
+            )
         except AgentFlowError as e:
             return "", e
-        return str(state.answer), None
+        return answer, None
 
     async def _cascade(
         self, ex: Example, small: Model, large: Model, tally: UsageTally, est: Estimator, budget: Budget
     ) -> QuestionRecord:
-        from workflows import build
-
         cfg = self.config
         started = time.perf_counter()
         scored = Meter(small, tally, logprobs_for=est)
-        answer, failure = await self._run(
-            build(cfg.workflow, retrieve_k=cfg.retrieve_k), budget.wrap(scored), budget, ex
-        )
+        answer, failure = await self._run(cfg.workflow, cfg.retrieve_k, budget.wrap(scored), budget, ex)
         confidence = None if failure is not None else await _score(est, scored)
         escalated = confidence is None or confidence < self._threshold()  # a failed or unscorable answer escalates
         if escalated:
             large_model = budget.wrap(Meter(large, tally, logprobs_for=est))
-            large_answer, large_failure = await self._run(build("direct"), large_model, budget, ex)
+            large_answer, large_failure = await self._run("direct", None, large_model, budget, ex)
             if failure is None and _is_budget_refusal(large_failure):  # the budget cannot pay: keep the small answer
                 budget.record_degradation(f"{ex.id}: kept the small model's answer, the large one over budget")
                 escalated = False

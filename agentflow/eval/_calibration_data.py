@@ -13,10 +13,10 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from ._calibration import Calibration, ScoredExample, calibrate
-from ._confidence import ConfidenceError, ConfidenceState, Estimator
-from ._exceptions import DatasetError
-from ._types import ChatRequest, Completion, Model
+from .._calibration import Calibration, ScoredExample, calibrate
+from .._confidence import ConfidenceError, ConfidenceState, Estimator
+from .._exceptions import DatasetError
+from .._types import ChatRequest, Completion, Model
 
 __all__ = ["calibrate_file", "collect_examples", "load_examples", "write_examples"]
 

@@ -1,0 +1,75 @@
+"""The `agentflow` application: the Typer app, the one sync entry into async code, and the error rule.
+
+The environment is read here and only here: AGENTFLOW_CACHE overrides the model cache directory.
+Errors from agentflow print one red line and exit with code 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from .._exceptions import AgentFlowError
+
+__all__ = ["app", "cache_dir", "main", "one_red_line", "run"]
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="agentflow",
+    help="Large-model answers from small models: serve local models, ask them, run workflows.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"agentflow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """Large-model answers from small models: serve local models, ask them, run workflows."""
+
+
+def cache_dir() -> Path | None:
+    value = os.environ.get("AGENTFLOW_CACHE")
+    return Path(value).expanduser() if value else None
+
+
+@contextmanager
+def one_red_line() -> Iterator[None]:
+    """An AgentFlowError becomes one red line on stderr and exit code 1, with no traceback."""
+    try:
+        yield
+    except AgentFlowError as exc:
+        Console(stderr=True, soft_wrap=True).print(Text(f"error: {exc}", style="red"))
+        raise typer.Exit(1) from None
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """The one sync entry into async code, for each command."""
+    with one_red_line():
+        return asyncio.run(coro)
+
+
+def main() -> None:
+    """Console-script entry point (`agentflow = agentflow.cli:main`)."""
+    app()

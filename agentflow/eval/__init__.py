@@ -1,0 +1,54 @@
+"""agentflow.eval: measure workflows and routers on labelled questions.
+
+Datasets (the bundled HotpotQA, 2WikiMultihopQA, StrategyQA and GSM8K sets, your own JSONL, or a
+Hugging Face `datasets.Dataset`), metrics with bootstrap intervals, BM25 retrieval, the answer store
+and the response cache that make a killed run resumable and a rerun free, labelled confidences for
+calibration, and `Comparison`: an agent of small models against a single large model, with a report.
+
+It imports the core (`agentflow`) and is never imported by it.
+"""
+
+from ._calibration_data import calibrate_file, collect_examples
+from ._compare import ARMS, CompareConfig, Comparison
+from ._data import Example, Paragraph, from_hf_dataset, from_records, load_dataset
+from ._metrics import (
+    bootstrap_ci,
+    exact_match,
+    f1_score,
+    normalize_answer,
+    numeric_match,
+    paired_bootstrap_diff,
+    score,
+    yes_no_match,
+)
+from ._report import ArmResult, QuestionRecord, write_report
+from ._retrieval import top_paragraphs
+from ._stores import CachedModel, ResponseCache, RunStore
+
+__all__ = [
+    "ARMS",
+    "ArmResult",
+    "CachedModel",
+    "CompareConfig",
+    "Comparison",
+    "Example",
+    "Paragraph",
+    "QuestionRecord",
+    "ResponseCache",
+    "RunStore",
+    "bootstrap_ci",
+    "calibrate_file",
+    "collect_examples",
+    "exact_match",
+    "f1_score",
+    "from_hf_dataset",
+    "from_records",
+    "load_dataset",
+    "normalize_answer",
+    "numeric_match",
+    "paired_bootstrap_diff",
+    "score",
+    "top_paragraphs",
+    "write_report",
+    "yes_no_match",
+]
