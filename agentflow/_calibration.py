@@ -11,7 +11,7 @@ Two goals:
   cost per query is at most `c` (needs examples of the top rung; rungs treated as independent).
 
 The report gives, per rung, the accepted accuracy and escalation rate with Wilson intervals, and for
-the cascade the expected accuracy and cost with seeded bootstrap intervals.
+the cascade the expected accuracy and cost with seeded bootstrap intervals (both from `_intervals`).
 
 Uncalibrated routers use `DEFAULT_THRESHOLD` (0.7) for every rung below the top.
 
@@ -23,26 +23,23 @@ from __future__ import annotations
 import bisect
 import json
 import math
-import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any
 
 from ._exceptions import ConfigError
+from ._intervals import Interval, bootstrap_intervals, wilson_interval
 
 __all__ = [
     "DEFAULT_TARGET_ACCURACY",
     "DEFAULT_THRESHOLD",
     "Calibration",
     "CalibrationReport",
-    "Interval",
     "RungReport",
     "ScoredExample",
     "Thresholds",
     "calibrate",
-    "wilson_interval",
 ]
 
 #: The threshold of every rung below the top when no calibration is given: an answer whose
@@ -160,30 +157,6 @@ class ScoredExample:
     correct: bool
     rung: int = 0
     cost: float = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class Interval:
-    """A point estimate with a confidence interval."""
-
-    value: float
-    low: float
-    high: float
-
-    def to_dict(self) -> dict[str, float]:
-        return {"value": self.value, "low": self.low, "high": self.high}
-
-
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> Interval:
-    """The Wilson score interval for a proportion `successes / n`."""
-    if n <= 0:
-        return Interval(math.nan, 0.0, 1.0)
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return Interval(p, max(0.0, centre - half), min(1.0, centre + half))
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,17 +380,13 @@ def calibrate(
         )
     expected_acc = expected_cost = None
     if have_top and all(r.scores for r in rungs):
-        acc0, cost0 = _cascade(rungs, ts)
-        rng = random.Random(seed)
-        by_rung = [[e for e in exs if e.rung == i] for i in range(n)]
-        accs, costs = [], []
-        for _ in range(bootstrap):
-            sample = [rng.choices(group, k=len(group)) for group in by_rung]
-            acc_b, cost_b = _cascade([build(g, i) for i, g in enumerate(sample)], ts)
-            accs.append(acc_b)
-            costs.append(cost_b)
-        expected_acc = _percentile_interval(acc0, accs, confidence)
-        expected_cost = _percentile_interval(cost0, costs, confidence)
+        expected_acc, expected_cost = bootstrap_intervals(
+            [[e for e in exs if e.rung == i] for i in range(n)],
+            lambda by_rung: _cascade([build(g, i) for i, g in enumerate(by_rung)], ts),
+            resamples=bootstrap,
+            seed=seed,
+            confidence=confidence,
+        )
     report = CalibrationReport(
         target=target,
         rungs=tuple(reports),
@@ -432,15 +401,3 @@ def calibrate(
         tuple(ts), tuple(models) if models is not None else None, {"target": target, "report": report.to_dict()}
     )
     return Calibration(thresholds, report)
-
-
-def _percentile_interval(point: float, values: list[float], confidence: float) -> Interval:
-    if not values:
-        return Interval(point, point, point)
-    vs = sorted(values)
-    lo = vs[max(0, math.floor((1 - confidence) / 2 * len(vs)))]
-    hi = vs[min(len(vs) - 1, math.ceil((1 + confidence) / 2 * len(vs)) - 1)]
-    return Interval(point, min(lo, point), max(hi, point))
-
-
-# --- collecting labelled examples ---------------------------------------------------------------

@@ -4,6 +4,7 @@ import itertools
 import json
 import math
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,10 @@ from agentflow._calibration import (
     _cascade,
     _Rung,
     calibrate,
-    wilson_interval,
 )
 from agentflow._confidence import TokenProb
 from agentflow._exceptions import ConfigError, DatasetError
+from agentflow._intervals import bootstrap_intervals, wilson_interval
 from agentflow._types import ChatRequest, Completion, Usage
 from agentflow.eval._calibration_data import calibrate_file, collect_examples, load_examples, write_examples
 from agentflow.testing import Reply, ScriptedModel
@@ -121,6 +122,24 @@ def test_wilson_interval_known_values() -> None:
     assert iv.value == 0.8
     assert iv.low == pytest.approx(0.4902, abs=1e-4) and iv.high == pytest.approx(0.9433, abs=1e-4)
     assert wilson_interval(0, 0).low == 0.0
+    with pytest.raises(ConfigError, match="confidence must be between 0 and 1"):
+        wilson_interval(1, 2, confidence=95)
+
+
+def test_the_cascade_intervals_come_from_the_core_bootstrap() -> None:
+    exs = synthetic(200, seed=4) + [ScoredExample(0.5, i % 3 != 0, 1, cost=4.0) for i in range(60)]
+    cal = calibrate(exs, target_accuracy=0.8, seed=5, bootstrap=120)
+    rungs = [[e for e in exs if e.rung == i] for i in range(2)]
+
+    def cascade(by_rung: Sequence[Sequence[ScoredExample]]) -> tuple[float, float]:
+        built = [_Rung([e.score for e in g], [e.correct for e in g], sum(e.cost for e in g) / len(g)) for g in by_rung]
+        return _cascade(built, cal.thresholds.values)
+
+    acc, cost = bootstrap_intervals(rungs, cascade, resamples=120, seed=5)
+    assert (cal.report.expected_accuracy, cal.report.expected_cost) == (acc, cost)
+    assert acc.low <= acc.value <= acc.high and cost.low < cost.value < cost.high
+    with pytest.raises(ConfigError, match=r"resamples .* must be >= 0, got -1"):
+        calibrate(exs, bootstrap=-1)
 
 
 def test_calibrate_bad_arguments() -> None:
@@ -201,7 +220,7 @@ def test_calibrate_file_reads_the_ladder_that_compare_writes(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("line", "match"),
     [
-        ("{not json", "not valid JSON"),
+        ("{not json", "invalid JSON at column 2: Expecting property name"),
         ("[1, 2]", "JSON object"),
         ('{"score": 1.5, "correct": true}', "'score' must be a number in"),
         ('{"score": "high", "correct": true}', "'score'"),

@@ -115,6 +115,43 @@ def test_bad_json_line_names_file_and_line(tmp_path: Path) -> None:
     assert isinstance(info.value, ConfigError)
 
 
+def test_bad_json_reports_the_real_column_what_is_wrong_and_the_fix(tmp_path: Path) -> None:
+    line = '{"id": "q3", "question": "Who sang?", "answer": "Ann" "aliases": []}'  # no comma before "aliases"
+    assert line.index('"aliases"') + 1 == 55
+    path = _write(tmp_path, [_row(), _row(id="q2"), line])
+    with pytest.raises(DatasetError) as info:
+        load_dataset(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}:3: invalid JSON at column 55: Expecting ',' delimiter")
+    assert """, after '... "Who sang?", "answer": "Ann" ', before '"aliases": []}'. """ in msg
+    assert "keys and strings in double quotes, a comma between fields" in msg
+    cut = '{"id": "q1", "question": "Who?", "answer": "Ann"'  # the error is just past the last character
+    end = _write(tmp_path, [cut], name="cut.jsonl")
+    with pytest.raises(DatasetError, match=rf"cut\.jsonl:1: invalid JSON at column {len(cut) + 1}: .* end of the line"):
+        load_dataset(end)
+
+
+def test_only_newline_ends_a_line(tmp_path: Path) -> None:
+    """A form feed or U+2028 inside a string (valid JSON) neither splits the line nor shifts line numbers."""
+    rows = [_row(question="Who?\u2028Really?"), _row(id="q2", answer="A\x0cB"), '{"id": "q3",, }']
+    path = tmp_path / "raw.jsonl"
+    path.write_text("\n".join(json.dumps(json.loads(r), ensure_ascii=False) for r in rows[:2]) + "\n" + rows[2] + "\n")
+    assert "\u2028" in path.read_text(encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"raw\.jsonl:3: invalid JSON at column 13: Expecting property name"):
+        load_dataset(path)
+    first, second = load_dataset(path, limit=2)  # lines past the limit are not read
+    assert first.question == "Who?\u2028Really?" and second.answer == "A\x0cB"
+
+
+def test_a_byte_order_mark_is_skipped_and_bad_bytes_are_reported(tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + _row().encode() + b"\r\n" + _row(id="q2").encode() + b"\r\n")
+    assert [e.id for e in load_dataset(path)] == ["q1", "q2"]
+    path.write_bytes(_row().encode() + b"\n" + b'{"id": "q2", "question": "Caf\xe9?", "answer": "x"}\n')
+    with pytest.raises(DatasetError, match=r"bom\.jsonl:2: not UTF-8 text at byte 30 .*save the file as UTF-8"):
+        load_dataset(path)
+
+
 def test_missing_field_names_the_field_and_line(tmp_path: Path) -> None:
     path = _write(tmp_path, [_row(), _row(id="q2", answer=...)])
     with pytest.raises(DatasetError, match=r":2: missing field 'answer'"):

@@ -6,6 +6,10 @@ import math
 
 import pytest
 
+from agentflow._calibration import ScoredExample, calibrate
+from agentflow._exceptions import ConfigError
+from agentflow._intervals import Interval as CoreInterval
+from agentflow._intervals import bootstrap_intervals
 from agentflow.eval._data import Example
 from agentflow.eval._metrics import (
     Interval,
@@ -99,11 +103,11 @@ def test_bootstrap_is_deterministic_and_brackets_the_mean() -> None:
     b = bootstrap_ci(values, seed=1)
     assert a == b
     assert isinstance(a, Interval)
-    assert a.mean == pytest.approx(0.3)
-    assert a.lo < 0.3 < a.hi
+    assert a.value == pytest.approx(0.3)
+    assert a.low < 0.3 < a.high
     # Normal approximation: 0.3 +- 1.96 * sqrt(.3*.7/100) = +-0.09.
-    assert a.hi - a.lo == pytest.approx(0.18, abs=0.04)
-    assert bootstrap_ci(values, seed=2) != a
+    assert a.high - a.low == pytest.approx(0.18, abs=0.04)
+    assert len({bootstrap_ci(values, n=40, seed=s) for s in range(6)}) > 1  # the seed picks the resamples
 
 
 def test_bootstrap_edge_cases() -> None:
@@ -111,18 +115,35 @@ def test_bootstrap_edge_cases() -> None:
     assert all(math.isnan(x) for x in bootstrap_ci([]))
     wide = bootstrap_ci([0.0, 1.0] * 50, alpha=0.5)
     narrow_ci = bootstrap_ci([0.0, 1.0] * 50, alpha=0.01)
-    assert (wide.hi - wide.lo) < (narrow_ci.hi - narrow_ci.lo)
-    with pytest.raises(ValueError, match="alpha"):
+    assert (wide.high - wide.low) < (narrow_ci.high - narrow_ci.low)
+    with pytest.raises(ConfigError, match=r"alpha must be between 0 and 1 \(0\.05 for a 95% interval\), got 1\.5"):
         bootstrap_ci([1.0], alpha=1.5)
+    with pytest.raises(ConfigError, match="must be >= 1, got 0"):
+        bootstrap_ci([1.0], n=0)
 
 
 def test_paired_bootstrap_diff() -> None:
     a = [0.0] * 50 + [1.0] * 50
     b = [1.0] * 80 + [0.0] * 20
     d = paired_bootstrap_diff(a, b, seed=0)
-    assert d.mean == pytest.approx(0.3)
-    assert d.lo > 0.0  # b is clearly better
+    assert d.value == pytest.approx(0.3)
+    assert d.low > 0.0  # b is clearly better
     same = paired_bootstrap_diff(a, a)
     assert same == (0.0, 0.0, 0.0)
-    with pytest.raises(ValueError, match="same length"):
+    with pytest.raises(ConfigError, match="same length, got 1 and 2: pair them by question id"):
         paired_bootstrap_diff([1.0], [1.0, 0.0])
+
+
+def test_one_interval_type_and_one_bootstrap_for_metrics_and_calibration() -> None:
+    assert Interval is CoreInterval
+    values = [1.0] * 12 + [0.0] * 28
+    # bootstrap_ci is the core bootstrap of the mean: same seed, same resamples, same interval.
+    [core] = bootstrap_intervals([values], lambda g: [sum(g[0]) / len(g[0])], resamples=500, seed=3)
+    assert bootstrap_ci(values, n=500, seed=3) == pytest.approx(core)
+    # calibration's report intervals are the same type, serialised as value/low/high
+    examples = [ScoredExample(score=i / 10, correct=i >= 5, rung=i % 2) for i in range(10)]
+    report = calibrate(examples, target_accuracy=0.5, bootstrap=50).report
+    assert isinstance(report.escalation_rate, CoreInterval)
+    assert set(report.escalation_rate.to_dict()) == {"value", "low", "high"}
+    # the names the report used before still read the same figures
+    assert (core.mean, core.lo, core.hi) == tuple(core)

@@ -1,17 +1,26 @@
-"""Paragraph retrieval: BM25 through rank_bm25, title and link bonuses, order, and recall."""
+"""Paragraph retrieval: BM25 through rank_bm25 (or another scorer), title and link bonuses, order, and recall."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import rank_bm25
 
-from agentflow._exceptions import MissingDependencyError
+from agentflow._exceptions import ConfigError, MissingDependencyError
 from agentflow.eval._data import Paragraph, load_dataset
-from agentflow.eval._retrieval import RetrievalSettings, rank_paragraphs, supporting_recall, tokenize, top_paragraphs
+from agentflow.eval._retrieval import (
+    DEFAULT_RETRIEVAL,
+    RetrievalSettings,
+    bm25_scores,
+    rank_paragraphs,
+    supporting_recall,
+    tokenize,
+    top_paragraphs,
+)
 
 DATA = Path(__file__).parent / "data"
 
@@ -93,7 +102,7 @@ def test_edge_cases() -> None:
     assert top_paragraphs("anything", [], k=2) == []
     assert len(top_paragraphs("anything", PARAS, k=10)) == len(PARAS)
     assert top_paragraphs("q", [Paragraph("", "")], k=1) == [Paragraph("", "")]
-    with pytest.raises(ValueError, match="k must be"):
+    with pytest.raises(ConfigError, match="k must be >= 1, got 0: pass how many paragraphs"):
         top_paragraphs("q", PARAS, k=0)
 
 
@@ -115,3 +124,29 @@ def test_recall_on_the_bundled_hotpotqa_rows() -> None:
     assert supporting_recall(examples, 3) >= 0.80
     plain = RetrievalSettings(title_weight=0, title_bonus=0.0, link_bonus=0.0)
     assert supporting_recall(examples, 3, plain) <= 0.55  # what the bonuses add
+
+
+def test_the_default_scorer_is_rank_bm25_okapi_unchanged() -> None:
+    """Rankings stay what they were: the scores are BM25Okapi's own, for the tokens the ranking builds."""
+    [ex] = load_dataset("hotpotqa", rows=[3])
+    docs = [tokenize(p.text) + tokenize(p.title) * 2 for p in ex.paragraphs]
+    query = tokenize(ex.question)
+    okapi = rank_bm25.BM25Okapi(docs, k1=1.5, b=0.75).get_scores(query)
+    assert bm25_scores(docs, query, 1.5, 0.75) == [float(s) for s in okapi]
+    assert DEFAULT_RETRIEVAL.scorer is bm25_scores
+    plain = RetrievalSettings(title_weight=2, title_bonus=0.0, link_bonus=0.0)
+    ranked = [s for _, s in rank_paragraphs(ex.question, ex.paragraphs, plain)]
+    assert ranked == sorted((float(s) for s in okapi), reverse=True)
+
+
+def test_another_scorer_can_replace_bm25() -> None:
+    seen: list[tuple[int, list[str]]] = []
+
+    def by_length(documents: Sequence[Sequence[str]], query: Sequence[str], k1: float, b: float) -> list[float]:
+        seen.append((len(documents), list(query)))
+        return [float(len(doc)) for doc in documents]
+
+    settings = RetrievalSettings(title_weight=0, title_bonus=0.0, link_bonus=0.0, scorer=by_length)
+    longest = max(PARAS, key=lambda p: len(tokenize(p.text)))
+    assert top_paragraphs("Who created Python?", PARAS, k=1, settings=settings) == [longest]
+    assert seen == [(len(PARAS), ["created", "python"])]

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
+import math
 import sqlite3
 from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
 
+from agentflow import _sqlite
+from agentflow._checkpoint import SqliteCheckpointer
 from agentflow._exceptions import ConfigError
 from agentflow._types import ChatRequest, ChoiceOutput, Completion, JsonOutput, Message, TokenLogprob, Usage
 from agentflow.eval._report import QuestionRecord, original_usage
@@ -98,10 +103,15 @@ def test_config_is_stored_in_canonical_form(tmp_path: Path) -> None:
         assert store.config is None
 
 
-def test_question_record_json_round_trip() -> None:
+def test_question_record_json_round_trip(tmp_path: Path) -> None:
     rec = _rec("q9")
-    assert QuestionRecord.from_json(rec.to_json()) == rec
-    assert rec.to_json()["calls"] == 3
+    with RunStore(tmp_path / "r.sqlite") as store:
+        store.save("a", rec)
+        stored = json.loads(store._conn.execute("SELECT record FROM answers").fetchone()[0])
+        assert store.get("a", "q9") == rec
+    assert stored["usage"]["qwen2.5-coder-0.5b"] == {"requests": 2, "prompt_tokens": 300, "completion_tokens": 12}
+    assert (stored["question_id"], stored["correct"], stored["model"]) == ("q9", True, "qwen2.5-coder-1.5b")
+    assert rec.calls == 3
     assert rec.tokens == 467
     assert rec.em == 1.0
 
@@ -246,3 +256,79 @@ def test_secrets_in_the_config_are_not_stored(tmp_path: Path) -> None:
         assert store.config == {"url": "http://127.0.0.1:8080/v1", "api_key": "<redacted>"}
     assert all(b"sk-very-secret" not in f.read_bytes() for f in tmp_path.iterdir())
     RunStore(path, config={"url": "http://127.0.0.1:8080/v1", "api_key": "another"}).close()  # not a new run
+
+
+# --- what is already on disk stays readable; one SQLite setup ---------------------------------------
+
+# A cache entry and an answer row exactly as the stores wrote them before they used TypeAdapters.
+OLD_COMPLETION = (
+    '{"text": "4", "model": "small", "finish_reason": "stop", "usage": [1, 20, 1], "logprobs": '
+    '[["4", -0.01, [["4", -0.01], ["5", -Infinity]]]], "parsed": null, "latency_s": 0.5, "cached": false, '
+    '"meta": {"rung": 0}}'
+)
+OLD_RECORD = (
+    '{"question_id": "q1", "answer": "Ann", "correct": true, "f1": 1.0, "usage": {"small": {"requests": 2, '
+    '"prompt_tokens": 300, "completion_tokens": 12}}, "cached_usage": {}, "flops": 1.5e12, "model": "small", '
+    '"wall_s": 0.5, "calls": 2, "escalated": false, "error": null, "confidence": 0.9}'
+)
+
+
+def test_a_cache_entry_written_before_still_answers(tmp_path: Path) -> None:
+    path = tmp_path / "cache.sqlite"
+    ResponseCache(path).close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("INSERT INTO responses VALUES ('k', 'small', ?, 0)", (OLD_COMPLETION,))
+    got = ResponseCache(path).get("k")
+    assert got is not None
+    assert (got.text, got.model, got.finish_reason, got.latency_s) == ("4", "small", "stop", 0.5)
+    assert got.usage == Usage(1, 20, 1)
+    assert got.logprobs == (TokenLogprob("4", -0.01, (("4", -0.01), ("5", float("-inf")))),)
+    assert got.meta == {"rung": 0} and got.parsed is None
+    # what is written now has the same layout, so older code reads it too
+    assert json.loads(json.dumps(completion_to_json(got))) == json.loads(OLD_COMPLETION)
+
+
+def test_a_malformed_cache_entry_is_a_miss_and_names_the_field() -> None:
+    bad = '{"text": "4", "model": "m", "usage": [1, "x", 1]}'
+    cache = ResponseCache(":memory:")
+    cache._conn.execute("INSERT INTO responses VALUES ('k', 'm', ?, 0)", (bad,))
+    assert cache.get("k") is None
+    with pytest.raises(ValueError, match=r"usage\.1"):
+        completion_from_json(json.loads(bad))
+
+
+def test_an_answer_row_written_before_still_loads(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite"
+    RunStore(path).close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("INSERT INTO answers VALUES ('small', 'q1', ?, 0, 1)", (OLD_RECORD,))
+    with RunStore(path) as store:
+        [rec] = store.records("small")
+    assert rec.question_id == "q1" and rec.correct and rec.confidence == 0.9
+    assert rec.usage == {"small": Usage(2, 300, 12)} and rec.calls == 2 and rec.flops == 1.5e12
+
+
+def test_records_with_nan_and_infinite_figures_round_trip(tmp_path: Path) -> None:
+    rec = dataclasses.replace(_rec("q1"), flops=float("inf"), confidence=float("nan"))
+    with RunStore(tmp_path / "r.sqlite") as store:
+        store.save("a", rec)
+        [back] = store.records("a")
+    assert back.flops == float("inf") and back.confidence is not None and math.isnan(back.confidence)
+
+
+def test_one_sqlite_setup_for_the_stores_and_the_checkpointer(tmp_path: Path) -> None:
+    conn = _sqlite.connect(tmp_path / "new" / "folder" / "x.sqlite")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert conn.isolation_level is None  # autocommit: a write is durable when the call returns
+    conn.close()
+    assert _sqlite.connect(":memory:").execute("SELECT 1").fetchone() == (1,)
+    checkpointer = SqliteCheckpointer(tmp_path / "ckpt" / "c.sqlite")
+    for store in (RunStore(tmp_path / "r.sqlite"), ResponseCache(tmp_path / "c.sqlite")):
+        assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        store.close()
+    assert checkpointer._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    checkpointer.close()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError):
+        _sqlite.connect(tmp_path / "file" / "below-a-file.sqlite")

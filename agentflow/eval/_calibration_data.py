@@ -17,6 +17,7 @@ from .._calibration import Calibration, ScoredExample, calibrate
 from .._confidence import ConfidenceError, ConfidenceState, Estimator
 from .._exceptions import DatasetError
 from .._types import ChatRequest, Completion, Model
+from ._data import read_jsonl
 
 __all__ = ["calibrate_file", "collect_examples", "load_examples", "write_examples"]
 
@@ -60,26 +61,18 @@ def write_examples(path: str | Path, examples: Iterable[ScoredExample], *, model
 
 
 def load_examples(path: str | Path, *, models: Sequence[str] | None = None) -> list[ScoredExample]:
-    """Read a JSONL of {"score", "correct", "rung"?, "cost"?}; DatasetError names the bad line.
+    """Read a JSONL of {"score", "correct", "rung"?, "cost"?}; DatasetError names the bad line (and column).
 
     `rung` is a ladder index or (with `models`) a model name; missing means rung 0."""
     p = Path(path)
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DatasetError("file not found: pass the path of a JSONL file of labelled scores", path=str(p)) from None
+    if not p.is_file():
+        raise DatasetError("file not found: pass the path of a JSONL file of labelled scores", path=str(p))
     out: list[ScoredExample] = []
-    for no, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for no, row in read_jsonl(p):
 
         def bad(msg: str, no: int = no) -> DatasetError:
             return DatasetError(msg, path=str(p), line=no)
 
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise bad(f"not valid JSON ({e.msg}): each line must be one JSON object") from None
         if not isinstance(row, dict):
             raise bad('each line must be a JSON object like {"score": 0.8, "correct": true}')
         score = row.get("score")
@@ -149,11 +142,10 @@ def _ladder_in(path: Path) -> tuple[str, ...] | None:
     """The `"ladder"` of the file's first line (a list of model names), if it has one; bad lines are left
     for `load_examples` to report."""
     try:
-        with path.open(encoding="utf-8") as f:
-            first = next((line for line in f if line.strip()), "")
-        ladder = json.loads(first).get("ladder") if first else None
-    except (OSError, ValueError, AttributeError):
+        first = next(read_jsonl(path), None)
+    except (OSError, DatasetError):
         return None
+    ladder = first[1].get("ladder") if first is not None and isinstance(first[1], dict) else None
     if isinstance(ladder, list) and len(ladder) >= 2 and all(isinstance(m, str) for m in ladder):
         return tuple(ladder)
     return None

@@ -3,7 +3,7 @@
 One object per line with `id`, `question`, `answer` (str), `aliases` (list[str]) and, optionally,
 `context` ([{title, text, is_supporting}]), `decomposition` ([{question, answer}]), `type`, `facts`.
 Every other field is kept in `Example.extra`. A line that does not parse raises `DatasetError`
-naming the file, the line number and what is wrong.
+naming the file, the line number (and for bad JSON the column) and what is wrong.
 
     load_dataset("hotpotqa", limit=20)                 # the bundled copy (agentflow/eval/data)
     load_dataset("path/to/my.jsonl", rows=[0, 5, 9])   # any file in the same format
@@ -11,10 +11,12 @@ naming the file, the line number and what is wrong.
 
 from __future__ import annotations
 
+import codecs
 import importlib
+import itertools
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +34,7 @@ __all__ = [
     "from_records",
     "load_dataset",
     "parse_number",
+    "read_jsonl",
 ]
 
 MetricKind = Literal["text", "number", "yesno"]
@@ -211,6 +214,54 @@ def _example(obj: Any, metric: MetricKind) -> Example:
     )
 
 
+# --- reading JSONL -------------------------------------------------------------------------------
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """Each non-blank line of a JSONL file as (line number, parsed value), in order.
+
+    Only "\\n" ends a line (a form feed or U+2028 inside a string does not), and a UTF-8 BOM is
+    skipped. A line that is not UTF-8 or not JSON raises DatasetError with the file, the line, the
+    column, what is wrong there and the text around it.
+    """
+    p = Path(path)
+    with p.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
+            try:
+                # without its line ending: else an error at the very end is put at "line 2, column 1"
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                raise DatasetError(
+                    f"not UTF-8 text at byte {exc.start + 1} of the line ({exc.reason}): save the file as UTF-8",
+                    path=str(p),
+                    line=lineno,
+                ) from None
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(_json_error(line, exc), path=str(p), line=lineno) from None
+            yield lineno, value
+
+
+def _json_error(text: str, exc: json.JSONDecodeError) -> str:
+    """What is wrong with one line of JSONL, where (the column and the text on either side), and the fix."""
+    start, end = max(0, exc.pos - 30), min(len(text), exc.pos + 20)
+    before = ("..." if start else "") + text[start : exc.pos]
+    after = text[exc.pos : end] + ("..." if end < len(text) else "")
+    where = (f"after {before!r}" if before else "at the start of the line") + (
+        f", before {after!r}" if after else ", at the end of the line"
+    )
+    return (
+        f"invalid JSON at column {exc.colno}: {exc.msg}, {where}. Each line must be one complete JSON object: "
+        "fix the text at that column (keys and strings in double quotes, a comma between fields, no trailing "
+        "comma, every brace closed on the same line)"
+    )
+
+
 # --- files and names ------------------------------------------------------------------------------
 
 
@@ -257,8 +308,8 @@ def load_dataset(
     """Load a bundled dataset by name (hotpotqa, 2wikimultihopqa, strategyqa, gsm8k) or a JSONL path.
 
     `rows` picks explicit 0-based line indices (in the order given); `limit` keeps the first N
-    (of `rows` when both are given). `data_dir` defaults to `default_data_dir()`. `metric` overrides
-    how answers are scored (inferred from the dataset name, else "text").
+    (of `rows` when both are given). `data_dir` defaults to the bundled copy (`BUNDLED_DATA_DIR`).
+    `metric` overrides how answers are scored (inferred from the dataset name, else "text").
     """
     path, inferred = _resolve(name_or_path, data_dir)
     kind: MetricKind = metric or inferred
@@ -275,32 +326,19 @@ def load_dataset(
 
     parsed: list[Example] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if stop is not None and len(parsed) >= stop:
-                break
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(
-                    f"invalid JSON ({exc.msg} at column {exc.colno}): each line must be one JSON object",
-                    path=str(path),
-                    line=lineno,
-                ) from None
-            try:
-                ex = _example(obj, kind)
-            except _Bad as exc:
-                raise DatasetError(str(exc), path=str(path), line=lineno) from None
-            if ex.id in seen:
-                raise DatasetError(
-                    f"duplicate id {ex.id!r} (first on line {seen[ex.id]}): ids must be unique",
-                    path=str(path),
-                    line=lineno,
-                )
-            seen[ex.id] = lineno
-            parsed.append(ex)
+    for lineno, obj in itertools.islice(read_jsonl(path), stop):  # lines past `stop` are not read
+        try:
+            ex = _example(obj, kind)
+        except _Bad as exc:
+            raise DatasetError(str(exc), path=str(path), line=lineno) from None
+        if ex.id in seen:
+            raise DatasetError(
+                f"duplicate id {ex.id!r} (first on line {seen[ex.id]}): ids must be unique",
+                path=str(path),
+                line=lineno,
+            )
+        seen[ex.id] = lineno
+        parsed.append(ex)
     if wanted is None:
         return parsed
     missing = [r for r in wanted if r >= len(parsed)]

@@ -6,24 +6,25 @@
 - Numbers (GSM8K): the last number in the prediction, compared as a number ("$1,000.00" == 1000).
 - Yes/no (StrategyQA): the prediction's first yes/no/true/false word.
 
-`bootstrap_ci` and `paired_bootstrap_diff` return an `Interval(mean, lo, hi)` (a tuple).
+`bootstrap_ci` and `paired_bootstrap_diff` return the core's `Interval(value, low, high)` (a tuple),
+from the same seeded percentile bootstrap that calibration uses (`agentflow._intervals`).
 """
 
 from __future__ import annotations
 
 import math
 import re
-import string
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
-from .._exceptions import MissingDependencyError
+from .._confidence import normalize_answer  # the one SQuAD normalisation, kept in the core
+from .._exceptions import ConfigError
+from .._intervals import Interval, bootstrap_intervals
 from ._data import Example, MetricKind, parse_number
 
 __all__ = [
-    "Interval",
+    "Interval",  # the core's, re-exported for the report
     "Score",
     "bootstrap_ci",
     "exact_match",
@@ -36,16 +37,6 @@ __all__ = [
     "score",
     "yes_no_match",
 ]
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = frozenset(string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD normalisation: lowercase, drop punctuation and articles, collapse whitespace."""
-    text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
 
 
 def _as_golds(golds: str | Iterable[str]) -> list[str]:
@@ -139,37 +130,22 @@ def score(example: Example, prediction: str, kind: MetricKind | None = None) -> 
 # --- bootstrap ------------------------------------------------------------------------------------
 
 
-class Interval(NamedTuple):
-    """A mean and its bootstrap interval [lo, hi]."""
-
-    mean: float
-    lo: float
-    hi: float
-
-
-def _check(alpha: float, n: int) -> None:
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be between 0 and 1 (0.05 for a 95% interval), got {alpha}")
-    if n < 1:
-        raise ValueError(f"n (the number of bootstrap resamples) must be >= 1, got {n}")
+def _mean(groups: Sequence[Sequence[float]]) -> list[float]:
+    return [math.fsum(groups[0]) / len(groups[0])]
 
 
 def bootstrap_ci(values: Sequence[float], *, n: int = 2000, seed: int = 0, alpha: float = 0.05) -> Interval:
-    """Percentile bootstrap interval of the mean of `values` (deterministic for a given seed)."""
-    try:
-        import numpy as np
-    except ImportError:
-        raise MissingDependencyError("numpy (for bootstrap intervals)", "pip install 'agentflow[eval]'") from None
-
-    _check(alpha, n)
-    data = np.asarray(values, dtype=float)
-    if data.size == 0:
+    """The mean of `values` and its percentile bootstrap interval at confidence 1 - alpha, from `n`
+    seeded resamples (the same seed gives the same interval; all nan for no values)."""
+    if not 0.0 < alpha < 1.0:
+        raise ConfigError(f"alpha must be between 0 and 1 (0.05 for a 95% interval), got {alpha}")
+    if n < 1:
+        raise ConfigError(f"n (the number of bootstrap resamples) must be >= 1, got {n}: 2000 is the default")
+    data = [float(v) for v in values]
+    if not data:
         return Interval(math.nan, math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, data.size, size=(n, data.size))
-    means = data[idx].mean(axis=1)
-    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    return Interval(float(data.mean()), float(lo), float(hi))
+    [interval] = bootstrap_intervals([data], _mean, resamples=n, seed=seed, confidence=1.0 - alpha)
+    return interval
 
 
 def paired_bootstrap_diff(
@@ -177,7 +153,7 @@ def paired_bootstrap_diff(
 ) -> Interval:
     """Mean of b - a over paired items (same questions, same order) and its bootstrap interval."""
     if len(a) != len(b):
-        raise ValueError(
+        raise ConfigError(
             f"paired values need the same length, got {len(a)} and {len(b)}: pair them by question id first"
         )
     return bootstrap_ci([y - x for x, y in zip(a, b, strict=True)], n=n, seed=seed, alpha=alpha)

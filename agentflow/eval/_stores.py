@@ -1,4 +1,4 @@
-"""Durable evaluation state in SQLite (stdlib sqlite3, WAL): the answer store and the response cache.
+"""Durable evaluation state in SQLite (opened by `agentflow._sqlite`): the answer store and the response cache.
 
 - `RunStore(path, config=...)` keeps every answer of a comparison as it is produced, keyed on
   (arm, question id) and committed at once, so a killed run resumes where it stopped
@@ -18,15 +18,16 @@ import dataclasses
 import hashlib
 import json
 import re
-import sqlite3
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, NamedTuple, NotRequired
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
+from typing_extensions import TypedDict  # pydantic reads typing.TypedDict only from Python 3.12
 
+from .. import _sqlite
 from .._exceptions import RunConfigMismatchError
 from .._types import ChatRequest, Completion, JsonOutput, Model, OutputSpec, TokenLogprob, Usage
 from ._report import ORIGINAL_USAGE, QuestionRecord, original_usage
@@ -44,16 +45,6 @@ __all__ = [
 ]
 
 _SCHEMA_VERSION = 1
-
-
-def _connect(path: Path | str) -> sqlite3.Connection:
-    if str(path) != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    # Autocommit (isolation_level=None): every write is durable when the call returns.
-    conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    return conn
 
 
 _SECRET_KEY = re.compile(r"(?i)(api_?key|secret|password|authorization)$")
@@ -92,6 +83,9 @@ def _fingerprint(value: Any) -> str:
 
 # --- the answer store -----------------------------------------------------------------------------
 
+_RECORD = TypeAdapter(QuestionRecord)
+"""A record as stored: its fields as JSON (written with json.dumps, which keeps NaN and infinities)."""
+
 
 class RunStore:
     """Every answer of a comparison, saved as it comes, so a killed run resumes where it stopped.
@@ -102,7 +96,7 @@ class RunStore:
 
     def __init__(self, path: Path | str, *, config: Mapping[str, Any] | None = None) -> None:
         self.path = Path(path)
-        self._conn = _connect(path)
+        self._conn = _sqlite.connect(path)
         self._conn.executescript(
             """
             CREATE TABLE IF NOT EXISTS run_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -156,7 +150,7 @@ class RunStore:
             "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, "
             "COALESCE((SELECT seq FROM answers WHERE arm = ? AND question_id = ?),"
             " (SELECT COALESCE(MAX(seq), 0) + 1 FROM answers)))",
-            (arm, record.question_id, json.dumps(record.to_json()), time.time(), arm, record.question_id),
+            (arm, record.question_id, json.dumps(_RECORD.dump_python(record)), time.time(), arm, record.question_id),
         )
 
     def done_ids(self, arm: str) -> set[str]:
@@ -166,13 +160,13 @@ class RunStore:
     def records(self, arm: str) -> list[QuestionRecord]:
         """This arm's records in the order they were first saved."""
         rows = self._conn.execute("SELECT record FROM answers WHERE arm = ? ORDER BY seq", (arm,))
-        return [QuestionRecord.from_json(json.loads(r[0])) for r in rows]
+        return [_RECORD.validate_json(r[0]) for r in rows]
 
     def get(self, arm: str, question_id: str) -> QuestionRecord | None:
         row = self._conn.execute(
             "SELECT record FROM answers WHERE arm = ? AND question_id = ?", (arm, question_id)
         ).fetchone()
-        return None if row is None else QuestionRecord.from_json(json.loads(row[0]))
+        return None if row is None else _RECORD.validate_json(row[0])
 
     def arms(self) -> list[str]:
         """Arms with at least one answer, in the order they first saved one."""
@@ -192,6 +186,38 @@ class RunStore:
 # --- completions as JSON --------------------------------------------------------------------------
 
 
+class _StoredUsage(NamedTuple):
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class _StoredToken(NamedTuple):
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...]
+
+
+class _StoredParsed(TypedDict):
+    kind: Literal["pydantic", "json"]
+    value: Any
+
+
+class _StoredCompletion(TypedDict):
+    """A Completion as the response cache stores it (usage and tokens as JSON arrays). Caches on disk
+    hold this layout: change it only with a way to read the old one."""
+
+    text: str
+    model: str
+    usage: _StoredUsage
+    finish_reason: NotRequired[str | None]
+    logprobs: NotRequired[list[_StoredToken] | None]
+    parsed: NotRequired[_StoredParsed | None]
+    latency_s: NotRequired[float]
+    cached: NotRequired[bool]
+    meta: NotRequired[dict[str, Any] | None]
+
+
 def _jsonable(value: Any) -> bool:
     try:
         json.dumps(value)
@@ -200,10 +226,10 @@ def _jsonable(value: Any) -> bool:
     return True
 
 
-def completion_to_json(c: Completion) -> dict[str, Any]:
-    """A Completion as JSON. `parsed` keeps pydantic values (as their dump) and JSON values; `meta`
-    keeps its JSON-able entries only."""
-    parsed: dict[str, Any] | None = None
+def completion_to_json(c: Completion) -> _StoredCompletion:
+    """A Completion as JSON-able data. `parsed` keeps pydantic values (as their dump) and JSON values;
+    `meta` keeps its JSON-able entries only."""
+    parsed: _StoredParsed | None = None
     if isinstance(c.parsed, BaseModel):
         parsed = {"kind": "pydantic", "value": c.parsed.model_dump(mode="json")}
     elif c.parsed is not None and _jsonable(c.parsed):
@@ -212,10 +238,8 @@ def completion_to_json(c: Completion) -> dict[str, Any]:
         "text": c.text,
         "model": c.model,
         "finish_reason": c.finish_reason,
-        "usage": [c.usage.requests, c.usage.prompt_tokens, c.usage.completion_tokens],
-        "logprobs": None
-        if c.logprobs is None
-        else [[t.token, t.logprob, [list(x) for x in t.top]] for t in c.logprobs],
+        "usage": _StoredUsage(c.usage.requests, c.usage.prompt_tokens, c.usage.completion_tokens),
+        "logprobs": None if c.logprobs is None else [_StoredToken(t.token, t.logprob, t.top) for t in c.logprobs],
         "parsed": parsed,
         "latency_s": c.latency_s,
         "cached": c.cached,
@@ -223,8 +247,10 @@ def completion_to_json(c: Completion) -> dict[str, Any]:
     }
 
 
-def completion_from_json(d: Mapping[str, Any], *, output: OutputSpec | None = None) -> Completion:
-    """The inverse of completion_to_json; a pydantic `parsed` is rebuilt with `output.model` when given."""
+_STORED_COMPLETION = TypeAdapter(_StoredCompletion)
+
+
+def _completion(d: _StoredCompletion, output: OutputSpec | None) -> Completion:
     parsed: Any = None
     p = d.get("parsed")
     if p is not None:
@@ -232,23 +258,23 @@ def completion_from_json(d: Mapping[str, Any], *, output: OutputSpec | None = No
         if p["kind"] == "pydantic" and isinstance(output, JsonOutput) and output.model is not None:
             parsed = output.model.model_validate(parsed)
     lps = d.get("logprobs")
-    logprobs = (
-        None
-        if lps is None
-        else tuple(TokenLogprob(str(t), float(lp), tuple((str(a), float(b)) for a, b in top)) for t, lp, top in lps)
-    )
-    req, prompt, completion = d["usage"]
     return Completion(
-        text=str(d["text"]),
-        model=str(d["model"]),
+        text=d["text"],
+        model=d["model"],
         finish_reason=d.get("finish_reason"),
-        usage=Usage(int(req), int(prompt), int(completion)),
-        logprobs=logprobs,
+        usage=Usage(*d["usage"]),
+        logprobs=None if lps is None else tuple(TokenLogprob(*t) for t in lps),
         parsed=parsed,
-        latency_s=float(d.get("latency_s", 0.0)),
-        cached=bool(d.get("cached", False)),
-        meta=dict(d.get("meta") or {}),
+        latency_s=d.get("latency_s", 0.0),
+        cached=d.get("cached", False),
+        meta=d.get("meta") or {},
     )
+
+
+def completion_from_json(d: Mapping[str, Any], *, output: OutputSpec | None = None) -> Completion:
+    """The inverse of completion_to_json; a pydantic `parsed` is rebuilt with `output.model` when given.
+    A malformed `d` raises pydantic's ValidationError (a ValueError) naming the bad field."""
+    return _completion(_STORED_COMPLETION.validate_python(d), output)
 
 
 # --- the response cache ---------------------------------------------------------------------------
@@ -269,7 +295,7 @@ class ResponseCache:
 
     def __init__(self, path: Path | str) -> None:
         self.path = path
-        self._conn = _connect(path)
+        self._conn = _sqlite.connect(path)
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS responses "
             "(key TEXT PRIMARY KEY, model TEXT NOT NULL, completion TEXT NOT NULL, created REAL NOT NULL)"
@@ -281,8 +307,8 @@ class ResponseCache:
         if row is None:
             return None
         try:
-            return completion_from_json(json.loads(row[0]), output=output)
-        except (ValueError, KeyError, TypeError):  # pydantic's ValidationError is a ValueError
+            return _completion(_STORED_COMPLETION.validate_json(row[0]), output)
+        except ValueError:  # pydantic's ValidationError, from the layout or from output.model
             return None
 
     def put(self, key: str, completion: Completion) -> None:
