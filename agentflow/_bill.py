@@ -1,7 +1,12 @@
 """What compute costs: `Spend` (an amount: requests, tokens, FLOPs, dollars) and the `Bill` of a budget scope.
 
-FLOPs are estimated as 2 x active parameters x tokens and dollars from the catalog's prices
-(`ModelSpec.flops`, `ModelSpec.cost_usd`); `_budget.Budget` books and charges them.
+This is the one account of what a call cost. `spend_for` is the only place where tokens become FLOPs
+(2 x active parameters x tokens, `ModelSpec.flops`) and dollars (`ModelSpec.cost_usd`); `_budget.Budget`
+books every call through it into a `Bill`, and the evaluation report builds its per-question and per-arm
+figures from those bills, so a number in a report and the same number in a bill cannot disagree.
+
+A call answered from a response cache costs nothing now; its bill counts it in `cached` and keeps what it
+cost when it was made in `from_cache` (`original_usage` reads that from the completion).
 """
 
 from __future__ import annotations
@@ -11,8 +16,33 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ._catalog import ModelSpec
+from ._types import Completion, Usage
 
-__all__ = ["CHECKED", "Bill", "ModelBill", "Spend", "astuple", "spend_for"]
+__all__ = [
+    "CHECKED",
+    "DEFAULT_ANSWER_TOKENS",
+    "ORIGINAL_USAGE",
+    "Bill",
+    "ModelBill",
+    "Spend",
+    "astuple",
+    "cache_hit_bill",
+    "original_usage",
+    "spend_for",
+]
+
+DEFAULT_ANSWER_TOKENS = 32
+"""The `max_tokens` of a short answer (a name, a date, a number, yes/no): what compare, the CLI and the
+ready-made workflows ask for, and so what a budget reserves for each answer, unless told otherwise."""
+
+ORIGINAL_USAGE = "original_usage"
+"""The Completion.meta key where a response cache keeps what a cached answer cost when it was made."""
+
+
+def original_usage(completion: Completion) -> Usage:
+    """What a completion cost when it was made (for a cache hit, the usage of the original call)."""
+    orig = completion.meta.get(ORIGINAL_USAGE)
+    return orig if isinstance(orig, Usage) else completion.usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +78,21 @@ class Spend:
             "cost_usd": self.cost_usd,
         }
 
+    @staticmethod
+    def from_dict(data: Mapping[str, Any]) -> Spend:
+        """The inverse of `as_dict` (`total_tokens` is derived, so it is not read)."""
+        return Spend(
+            int(data.get("requests", 0)),
+            int(data.get("prompt_tokens", 0)),
+            int(data.get("completion_tokens", 0)),
+            float(data.get("flops", 0.0)),
+            float(data.get("cost_usd", 0.0)),
+        )
+
+    def usage(self) -> Usage:
+        """The counted part of this amount (requests and tokens)."""
+        return Usage(self.requests, self.prompt_tokens, self.completion_tokens)
+
 
 def astuple(s: Spend) -> tuple[Any, ...]:
     return (s.requests, s.prompt_tokens, s.completion_tokens, s.flops, s.cost_usd)
@@ -57,6 +102,8 @@ CHECKED = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "fl
 
 
 def spend_for(spec: ModelSpec | None, prompt: int, completion: int, requests: int = 1) -> Spend:
+    """What `requests` calls with these token counts cost on `spec`: the one place tokens become FLOPs and
+    dollars. A model missing from the catalog (`spec=None`) is counted in requests and tokens only."""
     if spec is None:
         return Spend(requests, prompt, completion)
     return Spend(requests, prompt, completion, spec.flops(prompt + completion), spec.cost_usd(prompt, completion))
@@ -65,7 +112,11 @@ def spend_for(spec: ModelSpec | None, prompt: int, completion: int, requests: in
 @dataclass(frozen=True, slots=True)
 class ModelBill:
     """What one model cost in a scope. `overshoots` counts calls whose actual usage exceeded their
-    reservation (e.g. a server that ignored max_tokens); `failed` counts calls that raised."""
+    reservation (e.g. a server that ignored max_tokens); `failed` counts calls that raised.
+
+    `cached` counts calls answered from a response cache: they cost nothing now and are not in `requests`
+    or the tokens; `from_cache` is what they cost when they were made (what this scope would have spent
+    without the cache is the sum of both, `with_cache()`)."""
 
     requests: int = 0
     prompt_tokens: int = 0
@@ -75,12 +126,41 @@ class ModelBill:
     cached: int = 0
     failed: int = 0
     overshoots: int = 0
+    from_cache: Spend = field(default_factory=Spend)
 
     def __add__(self, other: ModelBill) -> ModelBill:
         return ModelBill(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(ModelBill)))
 
-    def to_dict(self) -> dict[str, float]:
-        return {f.name: getattr(self, f.name) for f in fields(ModelBill)}
+    @property
+    def spent(self) -> Spend:
+        """What was spent now (cache hits excluded)."""
+        return Spend(self.requests, self.prompt_tokens, self.completion_tokens, self.flops, self.cost_usd)
+
+    def with_cache(self) -> Spend:
+        """What these calls cost, counting cache hits at their original cost ("would have cost")."""
+        return self.spent + self.from_cache
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(ModelBill) if f.name != "from_cache"}
+        out["from_cache"] = self.from_cache.as_dict()
+        return out
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any]) -> ModelBill:
+        known = {f.name for f in fields(ModelBill)} - {"from_cache"}
+        return ModelBill(
+            **{k: v for k, v in data.items() if k in known},
+            from_cache=Spend.from_dict(data.get("from_cache") or {}),
+        )
+
+
+def cache_hit_bill(spec: ModelSpec | None, completion: Completion) -> ModelBill:
+    """The bill of one call answered from a response cache: nothing spent now, its original cost kept."""
+    orig = original_usage(completion)
+    return ModelBill(
+        cached=1,
+        from_cache=spend_for(spec, orig.prompt_tokens, orig.completion_tokens, max(1, orig.requests)),
+    )
 
 
 @dataclass(frozen=True)
@@ -152,7 +232,7 @@ class Bill:
 
     @staticmethod
     def from_dict(data: Mapping[str, Any]) -> Bill:
-        models = {name: ModelBill(**m) for name, m in dict(data.get("models", {})).items()}
+        models = {name: ModelBill.from_dict(m) for name, m in dict(data.get("models", {})).items()}
         return Bill(
             models,
             float(data.get("wall_time_s", 0.0)),

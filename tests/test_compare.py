@@ -141,7 +141,7 @@ async def test_cascade_keeps_the_small_answer_when_the_budget_cannot_pay_for_the
     small = oracle(SMALL, right={"Scott Derrickson"}, prob=0.3)  # unsure everywhere: would always escalate
     large = oracle(LARGE, right=set(GOLD), prob=0.99)
     cfg = _config(examples, arms=("cascade",), threshold=0.8)
-    comparison = Comparison(cfg, examples, small, large, tmp_path, solve, limits=BudgetLimits(requests=1))
+    comparison = Comparison(cfg, examples, small, large, tmp_path, solve, question_limits=BudgetLimits(requests=1))
     report = await comparison.run()
     (arm,) = report["arms"]
     assert large.requests == [] and arm["errors"] == 0 and arm["escalation_rate"] == 0.0
@@ -223,3 +223,79 @@ def test_a_killed_run_resumes_without_answering_any_question_twice(tmp_path: Pat
     again = [next(k for k in GOLD if k in _question(r)) for r in small.requests]
     assert again == ["Big Stone Gap", "Scott Derrickson", "Laleli Mosque"]  # the two answered ones are kept
     assert report["arms"][0]["n"] == 5
+
+
+async def test_only_the_models_the_arms_call_are_needed(tmp_path: Path) -> None:
+    examples = _examples()
+    small = oracle(SMALL, right=set(GOLD), prob=0.99)
+    report = await Comparison(_config(examples, arms=("small",)), examples, small, None, tmp_path, solve).run()
+    assert report["arms"][0]["em"] == 1.0
+    with pytest.raises(ConfigError, match="arms agent, cascade call the large model"):
+        Comparison(_config(examples, arms=("small", "agent", "cascade")), examples, small, None, tmp_path, solve)
+
+
+async def test_a_failed_question_is_reported_and_asked_again_on_resume(tmp_path: Path) -> None:
+    from agentflow import ServerUnavailableError
+
+    examples = _examples()
+
+    def down(req: ChatRequest) -> Reply:
+        raise ServerUnavailableError("could not reach the model server at http://127.0.0.1:9/v1: start it")
+
+    first = await Comparison(
+        _config(examples, arms=("small",)), examples, FunctionModel(down, name=SMALL), None, tmp_path, solve
+    ).run()
+    (arm,) = first["arms"]
+    assert arm["errors"] == 5 and arm["em"] == 0.0
+    assert "could not reach the model server at http://127.0.0.1:9/v1: start it" in arm["first_error"]["error"]
+
+    small = oracle(SMALL, right=set(GOLD), prob=0.99)
+    again = await Comparison(_config(examples, arms=("small",)), examples, small, None, tmp_path, solve).run()
+    assert len(small.requests) == 5 and again["arms"][0]["errors"] == 0 and again["arms"][0]["em"] == 1.0
+
+
+async def test_a_cache_only_replay_asks_no_model(tmp_path: Path) -> None:
+    examples = _examples()
+    cache = tmp_path / "cache.sqlite"
+    cfg = _config(examples, arms=("small", "large"))
+    small, large = oracle(SMALL, right=set(GOLD), prob=0.9), oracle(LARGE, right=set(GOLD), prob=0.9)
+    await Comparison(cfg, examples, small, large, tmp_path / "live", solve).run(cache)
+
+    replay = Comparison(cfg, examples, None, None, tmp_path / "replay", solve, cache_only=True)
+    report = await replay.run(cache)
+    for arm in report["arms"]:
+        assert (arm["em"], arm["answers_from_cache"], arm["flops_spent_now"]) == (1.0, 5, 0)
+    assert report["meta"]["replay"].startswith("answers only from the response cache")
+
+    cold = await Comparison(cfg, examples, small, large, tmp_path / "cold", solve, cache_only=True).run(
+        tmp_path / "empty.sqlite"
+    )
+    assert [a["errors"] for a in cold["arms"]] == [5, 5]
+    assert "is not in the response cache" in cold["arms"][0]["first_error"]["error"]
+    assert len(small.requests) == 5  # the first run's five: a replay never asks the model it was given
+
+
+async def test_a_run_budget_caps_the_whole_run_and_each_arm_has_its_bill(tmp_path: Path) -> None:
+    from agentflow import BudgetLimits
+
+    examples = _examples()
+    small, large = oracle(SMALL, right=set(GOLD), prob=0.9), oracle(LARGE, right=set(GOLD), prob=0.9)
+    started: list[str] = []
+    comparison = Comparison(
+        _config(examples, arms=("small", "large")),
+        examples,
+        small,
+        large,
+        tmp_path,
+        solve,
+        run_limits=BudgetLimits(requests=3),
+        on_arm=started.append,
+    )
+    report = await comparison.run()
+    assert started == ["small", "large"]
+    assert len(small.requests) + len(large.requests) == 3
+    assert comparison.bills["small"].requests == 3 and comparison.bills["large"].requests == 0
+    arms = {a["name"]: a for a in report["arms"]}
+    assert (arms["small"]["errors"], arms["large"]["errors"]) == (2, 5)
+    assert "BudgetExceeded" in arms["large"]["first_error"]["error"]
+    assert report["meta"]["budget per run"] == "requests 3"

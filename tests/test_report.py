@@ -8,21 +8,20 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from agentflow._catalog import get_model
 from agentflow._types import Usage
 from agentflow.eval._data import Example
-from agentflow.eval._report import (
-    ArmResult,
-    QuestionRecord,
-    UsageTally,
-    build_report,
-    estimate_flops,
-    write_report,
-)
-from agentflow.eval._report_render import render_table
+from agentflow.eval._report import ArmResult, QuestionRecord, build_report, write_report
+from agentflow.eval._report_render import notes, render_table, verdicts
 
 SMALL = "qwen2.5-coder-0.5b"
 LARGE = "qwen2.5-coder-1.5b"
 EXAMPLES = [Example(f"q{i}", f"Question {i}?", f"answer {i}") for i in range(4)]
+
+
+def estimate_flops(usage: dict[str, Usage]) -> float:
+    """2 x active parameters x tokens, written out here independently of the code under test."""
+    return sum(2 * get_model(m).active_params * u.total_tokens for m, u in usage.items())
 
 
 def _rec(qid: str, correct: bool, model: str, tokens: tuple[int, int], *, escalated: bool = False) -> QuestionRecord:
@@ -148,39 +147,43 @@ def test_render_table_for_the_cli() -> None:
     assert "cascade" in text and "50.0" in text and "75.0" in text
 
 
-async def test_usage_tally_from_completions_counts_cache_hits_at_their_original_cost() -> None:
+async def test_a_record_from_a_bill_counts_cache_hits_at_their_original_cost() -> None:
+    from agentflow._budget import Budget
     from agentflow._types import ChatRequest
     from agentflow.eval._metrics import Score
     from agentflow.eval._stores import CachedModel, ResponseCache
     from agentflow.testing import Reply, ScriptedModel
 
-    model = CachedModel(
-        ScriptedModel([Reply("x", prompt_tokens=50, completion_tokens=2)], name=SMALL), ResponseCache(":memory:")
+    budget = Budget()
+    model = budget.wrap(
+        CachedModel(
+            ScriptedModel([Reply("x", prompt_tokens=50, completion_tokens=2)], name=SMALL), ResponseCache(":memory:")
+        )
     )
-    tally = UsageTally()
     for _ in range(2):
-        tally.add(await model.complete(ChatRequest.of("q")))
-    rec = tally.record("q0", "x", Score(1.0, 1.0), model=SMALL, wall_s=0.1)
-    assert rec.usage == {SMALL: Usage(2, 100, 4)}
+        await model.complete(ChatRequest.of("q"))  # the second is a cache hit
+    bill = budget.bill()
+    assert bill.requests == 1 and bill.models[SMALL].cached == 1  # spent now: one call
+    rec = QuestionRecord.from_bill("q0", bill, "x", Score(1.0, 1.0), model=SMALL, wall_s=0.1)
+    assert rec.usage == {SMALL: Usage(2, 100, 4)}  # would have cost: both calls
     assert rec.cached_usage == {SMALL: Usage(1, 50, 2)}
-    assert rec.calls == 2 and rec.correct and rec.model == SMALL
+    assert rec.calls == 2 and rec.cached_calls == 1 and rec.correct and rec.model == SMALL
+    assert not rec.from_cache  # one of its two calls reached the model
     assert rec.flops == pytest.approx(2 * 630e6 * 104)
-    assert tally.record("q0", "x", Score(0.0, 0.0), flops=7.0).flops == 7.0
+    assert rec.flops - rec.flops_from_cache == pytest.approx(bill.flops)  # spent now is the bill's figure
+    assert QuestionRecord.from_json(json.loads(json.dumps(rec.to_json()))) == rec
 
 
-def test_usage_tally_as_an_event_listener() -> None:
-    from agentflow._events import ModelCallEvent, NodeStarted
-
-    tally = UsageTally()
-    tally(ModelCallEvent(SMALL, Usage(1, 10, 2), 0.1))
-    tally(ModelCallEvent(SMALL, Usage(), 0.0, cached=True))
-    tally(NodeStarted("run", "node", 0, 0))
-    assert tally.usage == {SMALL: Usage(2, 10, 2)}
-    assert tally.cached == {SMALL: Usage(1, 0, 0)}
+def test_an_old_record_without_cached_flops_derives_them_by_the_bills_arithmetic() -> None:
+    rec = QuestionRecord("q0", "a", True, usage={SMALL: Usage(2, 20, 2)}, cached_usage={SMALL: Usage(1, 10, 1)})
+    old = rec.to_json()
+    del old["cached_flops"]
+    assert QuestionRecord.from_json(old).flops_from_cache == pytest.approx(2 * 630e6 * 11)
 
 
 async def test_pipeline_load_retrieve_answer_store_resume_report(tmp_path: Path) -> None:
     """How the compare command fits the pieces together, with a resume after a 'kill'."""
+    from agentflow._budget import Budget
     from agentflow._types import ChatRequest
     from agentflow.eval._data import load_dataset
     from agentflow.eval._metrics import score
@@ -206,10 +209,10 @@ async def test_pipeline_load_retrieve_answer_store_resume_report(tmp_path: Path)
         done = store.done_ids("small")
         for ex in [e for e in examples if e.id not in done][:limit]:
             context = "\n\n".join(p.text for p in top_paragraphs(ex.question, ex.paragraphs, k=2))
-            tally = UsageTally()
-            completion = await model.complete(ChatRequest.of(f"{context}\n\nQuestion: {ex.question}"))
-            tally.add(completion)
-            store.save("small", tally.record(ex.id, completion.text, score(ex, completion.text), model=SMALL))
+            budget = Budget()
+            completion = await budget.wrap(model).complete(ChatRequest.of(f"{context}\n\nQuestion: {ex.question}"))
+            record = QuestionRecord.from_bill(ex.id, budget.bill(), completion.text, score(ex, completion.text))
+            store.save("small", record)
         store.close()
 
     await run(limit=2)  # killed after two questions
@@ -221,3 +224,99 @@ async def test_pipeline_load_retrieve_answer_store_resume_report(tmp_path: Path)
     expected = sum(len(e.question) % 2 for e in examples) / len(examples)
     assert report["arms"][0]["em"] == pytest.approx(expected)
     assert report["arms"][0]["calls"] == len(examples)
+
+
+def _timed(qid: str, wall_s: float, *, error: str | None = None, cached: bool = False) -> QuestionRecord:
+    usage = {SMALL: Usage(1, 100, 10)}
+    return QuestionRecord(
+        qid,
+        "" if error else "a",
+        error is None,
+        usage=usage,
+        cached_usage=usage if cached else {},
+        flops=estimate_flops(usage),
+        wall_s=wall_s,
+        error=error,
+    )
+
+
+def test_few_questions_get_a_note_instead_of_an_interval(tmp_path: Path) -> None:
+    report = write_report(tmp_path, _arms(), EXAMPLES, plot=False)
+    assert all(a["interval_note"] == "n=4: too few for an interval" for a in report["arms"])
+    assert all(c["interval_note"] == "n=4: too few for an interval" for c in report["comparisons"])
+    console = Console(width=250, record=True)
+    console.print(render_table(report))
+    table = console.export_text()
+    assert table.count("n=4: too few for an interval") == 3 and "25.0-" not in table
+    md = (tmp_path / "report.md").read_text()
+    assert "| small | 4 | 50.0 | n=4: too few for an interval |" in md
+    assert "| small | large | 4 | 25.0 | n=4: too few for an interval |" in md
+    assert verdicts(report)[0] == (
+        "small vs large: exact match -25.0 points (n=4: too few for an interval), at 0.35x the FLOPs"
+    )
+
+
+def test_twenty_questions_get_an_interval() -> None:
+    records = [_rec(f"q{i}", i % 2 == 0, SMALL, (100, 10)) for i in range(20)]
+    others = [_rec(f"q{i}", i % 4 == 0, LARGE, (100, 10)) for i in range(20)]
+    report = build_report([ArmResult.from_records("small", records), ArmResult.from_records("large", others)])
+    assert report["arms"][0]["interval_note"] is None and report["comparisons"][0]["interval_note"] is None
+    lo, hi = report["arms"][0]["em_ci95"]
+    assert lo < 0.5 < hi
+    assert "95% CI" in verdicts(report)[0] and "on 20 questions" in verdicts(report)[0]
+
+
+def test_seconds_per_question_as_p50_and_p95(tmp_path: Path) -> None:
+    walls = [1.0, 2.0, 3.0, 4.0, 100.0]
+    arm = ArmResult.from_records("small", [_timed(f"q{i}", w) for i, w in enumerate(walls)])
+    report = write_report(tmp_path, [arm], plot=False)
+    (a,) = report["arms"]
+    assert a["wall_s"] == 110.0
+    assert a["wall_s_p50"] == 3.0
+    assert a["wall_s_p95"] == pytest.approx(4.0 + 0.8 * 96.0)  # interpolated between the two slowest
+    md = (tmp_path / "report.md").read_text()
+    assert "s/q p50 | s/q p95 |" in md and "| 110.0 | 3.00 | 80.80 |" in md
+
+
+def test_errors_are_counted_per_arm_and_the_first_is_shown_in_full(tmp_path: Path) -> None:
+    long_error = "ServerUnavailableError: could not reach the model server at http://127.0.0.1:9/v1 " + "x" * 200
+    records = [_timed("q0", 0.1), _timed("q1", 0.1, error=long_error), _timed("q2", 0.1, error="Other: second")]
+    report = write_report(tmp_path, [ArmResult.from_records("small", records)], plot=False)
+    (a,) = report["arms"]
+    assert a["errors"] == 2 and a["first_error"] == {"question_id": "q1", "error": long_error}
+    expected = f"small: 2 of 3 questions failed; the first (question q1): {long_error}"
+    assert expected in notes(report)
+    md = (tmp_path / "report.md").read_text()
+    assert f"- {expected}" in md and "## Notes" in md
+
+
+def test_answers_from_the_cache_are_counted_and_their_wall_time_flagged(tmp_path: Path) -> None:
+    cached = ArmResult.from_records("large", [_timed(f"q{i}", 0.01, cached=i < 3) for i in range(4)])
+    fresh = ArmResult.from_records("small", [_timed(f"q{i}", 2.0) for i in range(4)])
+    report = write_report(tmp_path, [fresh, cached], plot=False)
+    small, large = report["arms"]
+    assert (small["answers_from_cache"], small["wall_mostly_from_cache"]) == (0, False)
+    assert (large["answers_from_cache"], large["cached_calls"], large["wall_mostly_from_cache"]) == (3, 3, True)
+    assert large["flops_spent_now"] == pytest.approx(large["flops"] / 4)
+    said = notes(report)
+    assert len(said) == 1 and said[0].startswith("large: 3 of 4 answers came from the response cache")
+    assert "not comparable" in said[0]
+    md = (tmp_path / "report.md").read_text()
+    assert "| 0.0* |" in md and "| 8.0 |" in md  # the cached arm's wall time is marked
+
+
+def test_report_md_lists_the_settings_not_a_raw_config(tmp_path: Path) -> None:
+    meta = {
+        "dataset": "hotpotqa",
+        "questions": "4 (rows 0-1, 250-251)",
+        "arms": ["small", "large"],
+        "models": {"small": SMALL, "large": LARGE},
+        "config": {"question_ids": ["id-0", "id-1", "id-250", "id-251"]},
+    }
+    report = write_report(tmp_path, _arms(), EXAMPLES, meta=meta, plot=False)
+    md = (tmp_path / "report.md").read_text()
+    assert "- questions: 4 (rows 0-1, 250-251)\n" in md
+    assert "- arms: small, large\n" in md
+    assert f"- models: small {SMALL}, large {LARGE}\n" in md
+    assert "id-250" not in md and "{" not in md.split("|", 1)[0]  # no dict and no question id in the list
+    assert report["meta"]["config"]["question_ids"][2] == "id-250"  # report.json keeps the full config

@@ -6,24 +6,31 @@ import os
 import sys
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from serving import DEFAULT_CACHE_DIR
 
+from .._bill import DEFAULT_ANSWER_TOKENS
 from .._catalog import ROLES, get_model
-from .._exceptions import ConfigError
+from .._exceptions import ConfigError, ServerUnavailableError
+from .._structured import DIALECTS, Dialect
 from ._app import cache_dir as _cache_dir
 from ._app import one_red_line as _one_red_line
 from ._app import run as _run
 
-__all__ = ["calibrate", "compare", "graph"]
+if TYPE_CHECKING:
+    from ..eval._compare import ArmName
+
+__all__ = ["CompareOptions", "calibrate", "compare", "graph"]
 
 
 def graph(spec: Annotated[str, typer.Argument(help="MODULE:NAME of a Graph (or a function returning one)")]) -> None:
@@ -57,21 +64,65 @@ def calibrate(
     typer.echo(f"thresholds written to {out}")
 
 
-def _rows(text: str) -> list[int]:
+def _parse_row_ranges(text: str) -> list[int]:
+    """`--rows`: row numbers and inclusive ranges, low to high ("0-19,250-269") -> [0, ..., 19, 250, ..., 269]."""
     rows: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
+    for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
         try:
-            if "-" in part:
-                a, b = part.split("-", 1)
-                rows.extend(range(int(a), int(b) + 1))
-            else:
-                rows.append(int(part))
+            a, b = (int(x) for x in part.split("-", 1)) if "-" in part else (int(part), int(part))
         except ValueError:
             raise ConfigError(f"--rows {text!r}: use row numbers and ranges like 0-19,250-269") from None
+        if a > b:
+            raise ConfigError(f"--rows {text!r}: the range {part} is reversed; write it low to high, {b}-{a}")
+        rows.extend(range(a, b + 1))
     return rows
+
+
+def _parse_arms(text: str) -> tuple[ArmName, ...]:
+    from ..eval._compare import ARMS
+
+    by_name: dict[str, ArmName] = {a: a for a in ARMS}
+    names = [a.strip() for a in text.split(",") if a.strip()]
+    unknown = [a for a in names if a not in by_name]
+    if unknown or not names:
+        raise ConfigError(f"--arms {text!r}: unknown arms {unknown or '(none)'}: choose from {', '.join(ARMS)}")
+    return tuple(by_name[a] for a in names)
+
+
+def _parse_dialect(text: str) -> Dialect:
+    for d in DIALECTS:
+        if d == text:
+            return d
+    raise ConfigError(f"--dialect {text!r}: use one of {', '.join(DIALECTS)}")
+
+
+@dataclass(frozen=True, slots=True)
+class CompareOptions:
+    """Every option of `agentflow compare`, typed (the command fills it from its flags)."""
+
+    dataset: str = "hotpotqa"
+    limit: int | None = None
+    rows: str | None = None
+    workflow: str = "direct"
+    arms: tuple[ArmName, ...] = ("agent", "cascade", "large")
+    retrieve_k: int = 2
+    threshold: float | None = None
+    thresholds: Path | None = None
+    estimator: str = "mean"
+    max_tokens: int = DEFAULT_ANSWER_TOKENS
+    out: Path = Path("runs/compare")
+    small_url: str | None = None
+    large_url: str | None = None
+    small_model: str = ROLES["small"]
+    large_model: str = ROLES["large"]
+    dialect: Dialect = "vllm"
+    data_dir: Path | None = None
+    cache: Path | None = None
+    replay: bool = False
+    max_flops_per_question: float | None = None
+    max_flops_per_run: float | None = None
 
 
 def compare(
@@ -94,6 +145,7 @@ def compare(
             "add :variants to count 'Yes' and 'yes' as one answer"
         ),
     ] = "mean",
+    max_tokens: Annotated[int, typer.Option(help="the length limit of an answer, in tokens")] = DEFAULT_ANSWER_TOKENS,
     out: Annotated[Path, typer.Option(help="folder for answers.sqlite, report.json, report.md, pareto.png")] = Path(
         "runs/compare"
     ),
@@ -109,110 +161,200 @@ def compare(
         Path | None,
         typer.Option(help="response cache shared by runs (default: responses.sqlite in the model cache folder)"),
     ] = None,
+    replay: Annotated[
+        bool,
+        typer.Option(
+            "--replay", help="answer only from the response cache: start and ask no server (a miss fails that question)"
+        ),
+    ] = False,
+    max_flops_per_question: Annotated[
+        float | None,
+        typer.Option(help="budget: FLOPs one question may spend (the cascade then keeps the small answer)"),
+    ] = None,
+    max_flops_per_run: Annotated[float | None, typer.Option(help="budget: FLOPs the whole run may spend")] = None,
 ) -> None:
-    """Agent of small models against the single large model, on the same questions: table, report, picture."""
-    _run(
-        _compare(
+    """Agent of small models against the single large model, on the same questions: table, report, picture.
+
+    Exits 1 when a server given by URL does not answer (before any question), and when an arm answered no
+    question at all."""
+    with _one_red_line():
+        options = CompareOptions(
             dataset=dataset,
             limit=limit,
             rows=rows,
             workflow=workflow,
-            arms=arms,
+            arms=_parse_arms(arms),
             retrieve_k=retrieve_k,
             threshold=threshold,
             thresholds=thresholds,
             estimator=estimator,
+            max_tokens=max_tokens,
             out=out,
             small_url=small_url,
             large_url=large_url,
             small_model=small_model,
             large_model=large_model,
-            dialect=dialect,
+            dialect=_parse_dialect(dialect),
             data_dir=data_dir,
             cache=cache,
+            replay=replay,
+            max_flops_per_question=max_flops_per_question,
+            max_flops_per_run=max_flops_per_run,
         )
-    )
+    if _run(_compare(options)):
+        raise typer.Exit(1)
 
 
-async def _compare(**o: Any) -> None:
+async def _check_server(url: str, flag: str, model: str, *, timeout_s: float = 10.0) -> None:
+    """Fail before the first question when nothing answers at `url` (any HTTP answer counts as alive)."""
+    import httpx
+
+    loopback = httpx.URL(url).host in ("127.0.0.1", "localhost", "::1")
+    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=5.0), trust_env=not loopback) as http:
+        try:
+            await http.get(url.rstrip("/") + "/models")
+        except httpx.HTTPError as e:
+            raise ServerUnavailableError(
+                f"nothing answers at {flag} {url} ({type(e).__name__}), so compare stopped before the first "
+                f"question: start the {model} server there, fix {flag}, or leave {flag} out and compare starts a "
+                "local llama.cpp server for it. To answer only from the response cache, without any server, "
+                "pass --replay",
+                url=url,
+            ) from None
+
+
+async def _compare(o: CompareOptions) -> bool:
+    """Run the comparison and print it; True when some arm answered no question (the command then exits 1)."""
     from workflows import WORKFLOWS, solve
 
+    from .._budget import BudgetLimits
     from .._client import ModelClient
-    from ..eval._compare import CompareConfig, Comparison
+    from ..eval._compare import CompareConfig, Comparison, Role, roles_needed
     from ..eval._data import load_dataset
-    from ..eval._report_render import render_table
+    from ..eval._report_render import notes, render_table, verdicts
 
-    if o["workflow"] not in WORKFLOWS:
-        raise ConfigError(f"unknown workflow {o['workflow']!r}: choose one of {', '.join(WORKFLOWS)}")
-    if o["limit"] is not None and o["rows"] is not None:
+    if o.workflow not in WORKFLOWS:
+        raise ConfigError(f"unknown workflow {o.workflow!r}: choose one of {', '.join(WORKFLOWS)}")
+    if o.limit is not None and o.rows is not None:
         raise ConfigError("give --limit or --rows, not both")
+    if o.replay and (o.small_url or o.large_url):
+        raise ConfigError(
+            "--replay answers only from the response cache and asks no server: drop --small-url/--large-url, "
+            "or drop --replay to ask those servers"
+        )
     env_dir = os.environ.get("AGENTFLOW_DATA_DIR")
-    data_dir = o["data_dir"] or (Path(env_dir) if env_dir else None)  # None: the bundled sets
-    rows = _rows(o["rows"]) if o["rows"] else None
-    examples = load_dataset(o["dataset"], limit=o["limit"], rows=rows, data_dir=data_dir)
+    data_dir = o.data_dir or (Path(env_dir) if env_dir else None)  # None: the bundled sets
+    rows = _parse_row_ranges(o.rows) if o.rows else None
+    examples = load_dataset(o.dataset, limit=o.limit, rows=rows, data_dir=data_dir)
     if not examples:
-        raise ConfigError(f"no questions selected from {o['dataset']!r}: check --limit/--rows")
-    small_name, large_name = get_model(o["small_model"]).name, get_model(o["large_model"]).name
+        raise ConfigError(f"no questions selected from {o.dataset!r}: check --limit/--rows")
+    names: dict[Role, str] = {"small": get_model(o.small_model).name, "large": get_model(o.large_model).name}
     config = CompareConfig(
-        dataset=str(o["dataset"]),
+        dataset=o.dataset,
         question_ids=tuple(ex.id for ex in examples),
-        arms=cast(Any, tuple(a.strip() for a in o["arms"].split(",") if a.strip())),
-        workflow=o["workflow"],
-        retrieve_k=o["retrieve_k"],
-        threshold=o["threshold"],
-        thresholds_file=str(o["thresholds"]) if o["thresholds"] else None,
-        estimator=o["estimator"],
-        small_model=small_name,
-        large_model=large_name,
+        arms=o.arms,
+        workflow=o.workflow,
+        retrieve_k=o.retrieve_k,
+        threshold=o.threshold,
+        thresholds_file=str(o.thresholds) if o.thresholds else None,
+        estimator=o.estimator,
+        max_tokens=o.max_tokens,
+        small_model=names["small"],
+        large_model=names["large"],
     )
-    if o["thresholds"] is not None:  # a missing or mismatched file is refused before any server starts
+    if o.thresholds is not None:  # a missing or mismatched file is refused before any server starts
         from .._calibration import Thresholds
 
-        Thresholds.load(o["thresholds"]).for_ladder([small_name, large_name])
+        Thresholds.load(o.thresholds).for_ladder([names["small"], names["large"]])
+    question_limits = None if o.max_flops_per_question is None else BudgetLimits(flops=o.max_flops_per_question)
+    run_limits = None if o.max_flops_per_run is None else BudgetLimits(flops=o.max_flops_per_run)
+    cache_path = o.cache or (_cache_dir() or DEFAULT_CACHE_DIR.parent) / "responses.sqlite"
+    if o.replay and not cache_path.exists():
+        raise ConfigError(
+            f"--replay answers only from the response cache, and there is none at {cache_path}: "
+            "point --cache at one, or drop --replay"
+        )
     console = Console(width=None if sys.stdout.isatty() else 150)
-    cache_path = o["cache"] or (_cache_dir() or DEFAULT_CACHE_DIR.parent) / "responses.sqlite"
+    urls: dict[Role, str | None] = {"small": o.small_url, "large": o.large_url}
+    roles = roles_needed(config.arms)  # start and check only the servers the chosen arms call
     async with AsyncExitStack() as stack:
-        urls: dict[str, str] = {}
-        dialects: dict[str, str] = {}
-        to_start = []
-        for name, url in ((small_name, o["small_url"]), (large_name, o["large_url"])):
-            if url:
-                urls[name], dialects[name] = url, o["dialect"]
-            else:
-                to_start.append(name)
-        if to_start:
-            import serving
+        clients: dict[Role, ModelClient] = {}
+        if o.replay:
+            console.print(f"replaying from the response cache {cache_path}: no server is started or asked")
+        else:
+            for role in roles:
+                given = urls[role]
+                if given:
+                    clients[role] = await stack.enter_async_context(ModelClient(given, names[role], dialect=o.dialect))
+                    await _check_server(given, f"--{role}-url", names[role])
+            to_start = [role for role in roles if not urls[role]]
+            if to_start:
+                import serving
 
-            console.print(f"starting local llama.cpp servers for {', '.join(to_start)} on 127.0.0.1 ...")
-            servers = await stack.enter_async_context(serving.start_servers(to_start, cache_dir=_cache_dir()))
-            for name, server in zip(to_start, servers, strict=True):
-                urls[name], dialects[name] = server.url, "llama_cpp"
-        small = await stack.enter_async_context(
-            ModelClient(urls[small_name], small_name, dialect=cast(Any, dialects[small_name]))
-        )
-        large = await stack.enter_async_context(
-            ModelClient(urls[large_name], large_name, dialect=cast(Any, dialects[large_name]))
-        )
+                models = [names[role] for role in to_start]
+                console.print(f"starting local llama.cpp servers for {', '.join(models)} on 127.0.0.1 ...")
+                servers = await stack.enter_async_context(serving.start_servers(models, cache_dir=_cache_dir()))
+                for role, server in zip(to_start, servers, strict=True):
+                    clients[role] = await stack.enter_async_context(
+                        ModelClient(server.url, names[role], dialect="llama_cpp")
+                    )
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
         ) as progress:
-            tasks = {arm: progress.add_task(arm, total=len(examples)) for arm in config.arms}
+            # Each bar's clock starts when its arm starts: the time shown is that arm's own.
+            tasks: dict[str, TaskID] = {
+                arm: progress.add_task(arm, total=len(examples), start=False) for arm in config.arms
+            }
+            left: dict[str, int] = dict.fromkeys(config.arms, len(examples))
 
-            def advance(arm: Any, _record: object) -> None:
+            def arm_started(arm: str) -> None:
+                if left[arm]:
+                    progress.start_task(tasks[arm])
+
+            def advance(arm: str, _record: object) -> None:
                 progress.advance(tasks[arm])
 
-            comparison = Comparison(config, examples, small, large, o["out"], solve, on_question=advance)
+            comparison = Comparison(
+                config,
+                examples,
+                clients.get("small"),
+                clients.get("large"),
+                o.out,
+                solve,
+                question_limits=question_limits,
+                run_limits=run_limits,
+                cache_only=o.replay,
+                rows=rows if rows is not None and len(rows) == len(examples) else range(len(examples)),
+                on_arm=arm_started,
+                on_question=advance,
+            )
             for arm in config.arms:  # answers already stored (a resumed run) count as done
-                progress.update(tasks[arm], completed=len(comparison.stored_ids(arm)))
+                stored = len(comparison.stored_ids(arm))
+                left[arm] -= stored
+                progress.update(tasks[arm], completed=stored)
             report = await comparison.run(cache_path)
     if len(report["questions"]) <= _SHOW_ANSWERS:
         console.print(_answers_table(report))
     console.print(render_table(report))
-    for line in _verdicts(report):
+    for line in verdicts(report):
         console.print(line)
-    console.print(f"report: {o['out'] / 'report.json'}, {o['out'] / 'report.md'}, {o['out'] / 'pareto.png'}")
-    if (o["out"] / "calibration.jsonl").exists():
-        console.print(f"labelled confidences for `agentflow calibrate`: {o['out'] / 'calibration.jsonl'}")
+    for line in notes(report):
+        console.print(escape(line), soft_wrap=True)
+    console.print(f"report: {o.out / 'report.json'}, {o.out / 'report.md'}, {o.out / 'pareto.png'}")
+    if (o.out / "calibration.jsonl").exists():
+        console.print(f"labelled confidences for `agentflow calibrate`: {o.out / 'calibration.jsonl'}")
+    failed = [a for a in report["arms"] if a["n"] and a["errors"] == a["n"]]
+    if failed:
+        which = ", ".join(f"{a['name']} ({a['errors']} of {a['n']} failed)" for a in failed)
+        Console(stderr=True, soft_wrap=True).print(
+            Text(
+                f"error: no successful answer from {which}; the first error of each is printed above. "
+                "Fix its cause and run the same command again: failed questions are asked again, answered ones "
+                "are kept",
+                style="red",
+            )
+        )
+    return bool(failed)
 
 
 _SHOW_ANSWERS = 12  # a short run also prints every answer
@@ -239,19 +381,3 @@ def _answers_table(report: Mapping[str, Any]) -> Table:
                 cells.append(f"{mark} {escape(a['answer'][:80])} [dim]({a['model']})[/dim]")
         table.add_row(escape(q["question"]), escape(q["gold"]), *cells)
     return table
-
-
-def _verdicts(report: Mapping[str, Any]) -> list[str]:
-    """A sentence per paired comparison: the exact-match difference with its interval, and the compute ratio."""
-    arms = {a["name"]: a for a in report["arms"]}
-    lines = []
-    for c in report["comparisons"]:
-        a, b = arms[c["a"]], arms[c["b"]]
-        # The report holds b - a; say it as a - b (adding 0.0 turns -0.0 into 0.0).
-        diff, lo, hi = (round(-100 * x, 1) + 0.0 for x in (c["diff"], c["ci95"][1], c["ci95"][0]))
-        ratio = f"{a['flops'] / b['flops']:.2f}x" if b["flops"] else "n/a"
-        lines.append(
-            f"{c['a']} vs {c['b']}: exact match {diff:+.1f} points "
-            f"(95% CI {lo:+.1f} to {hi:+.1f} on {c['n']} questions), at {ratio} the FLOPs"
-        )
-    return lines

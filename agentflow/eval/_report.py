@@ -1,12 +1,17 @@
 """Comparison reports: per-question records in, report.json / report.md / pareto.png out.
 
 The compare command only accumulates `QuestionRecord`s (one per question and arm, also what the
-`RunStore` keeps); `ArmResult.from_records` turns one arm's records into its totals, and
-`write_report` writes the three files:
+`RunStore` keeps). A record is built from the question's `Bill` (`QuestionRecord.from_bill`), the one
+account a `Budget` keeps of every call, so the report's tokens and FLOPs are the bill's own figures, not
+a second count. `ArmResult.from_records` turns one arm's records into its totals, and `write_report`
+writes the three files:
 
     arms = [ArmResult.from_records("small", small_records), ArmResult.from_records("cascade", cascade_records)]
     report = write_report(out_dir, arms, examples)   # -> the report.json content as a dict
     console.print(render_table(report))   # from ._report_render
+
+Below `MIN_N_FOR_INTERVAL` questions a bootstrap interval says nothing useful: the report keeps the
+numbers but marks them (`interval_note`), and the renderings print the note instead.
 """
 
 from __future__ import annotations
@@ -18,45 +23,47 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._catalog import get_model
-from .._events import Event, ModelCallEvent
+from .._bill import ORIGINAL_USAGE, Bill, original_usage, spend_for
+from .._catalog import ModelSpec, get_model
 from .._exceptions import UnknownModelError
-from .._types import Completion, Usage
+from .._types import Usage
 from ._data import Example
 from ._metrics import Interval, Score, bootstrap_ci, paired_bootstrap_diff
 from ._report_render import plot_pareto, render_markdown
 
 __all__ = [
+    "MIN_N_FOR_INTERVAL",
     "ORIGINAL_USAGE",
     "REPORT_VERSION",
     "ArmResult",
     "QuestionRecord",
-    "UsageTally",
     "build_report",
-    "estimate_flops",
+    "interval_note",
     "original_usage",
     "write_report",
 ]
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 
-ORIGINAL_USAGE = "original_usage"
-"""The Completion.meta key where a response cache keeps what a cached answer cost when it was made."""
-
-
-def original_usage(completion: Completion) -> Usage:
-    """What a completion cost when it was made (for a cache hit, the usage of the original call)."""
-    orig = completion.meta.get(ORIGINAL_USAGE)
-    return orig if isinstance(orig, Usage) else completion.usage
+MIN_N_FOR_INTERVAL = 20
+"""Below this many (paired) questions a 95% interval is not informative: the report says so instead."""
 
 
-def estimate_flops(usage: Mapping[str, Usage]) -> float:
-    """FLOPs of per-model usage from the catalog (2 x active params x tokens); UnknownModelError if missing."""
-    return sum(get_model(name).flops(u.total_tokens) for name, u in usage.items())
+def interval_note(n: int) -> str | None:
+    """What to print instead of an interval over `n` questions, or None when the interval is informative."""
+    return f"n={n}: too few for an interval" if n < MIN_N_FOR_INTERVAL else None
 
 
-def _usage_json(u: Usage) -> dict[str, int]:
-    return {"requests": u.requests, "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens}
+def _spec(model: str) -> ModelSpec | None:
+    try:
+        return get_model(model)
+    except UnknownModelError:
+        return None
+
+
+def _flops(model: str, usage: Usage) -> float:
+    """FLOPs of `usage` on `model`, by the bill's arithmetic (`spend_for`); 0 for a model not in the catalog."""
+    return spend_for(_spec(model), usage.prompt_tokens, usage.completion_tokens, usage.requests).flops
 
 
 def _usage_from(d: Mapping[str, Any]) -> Usage:
@@ -76,7 +83,9 @@ class QuestionRecord:
     """One arm's outcome on one question.
 
     `usage` is per model and counts every call as if it had been made (cached ones included);
-    `cached_usage` is the part a response cache served, so spent-now = usage - cached_usage.
+    `cached_usage` is the part a response cache served, so spent-now = usage - cached_usage. `flops`
+    likewise counts every call, `cached_flops` the part served from the cache (None in records written
+    before it was kept: then it is derived from `cached_usage`). Build it with `from_bill`.
     `model` is the model whose answer was kept; `escalated` says a larger rung was used.
     `error` holds a message when the question failed (it then counts as wrong).
     """
@@ -93,6 +102,39 @@ class QuestionRecord:
     escalated: bool = False
     error: str | None = None
     confidence: float | None = None
+    cached_flops: float | None = None
+
+    @staticmethod
+    def from_bill(
+        question_id: str,
+        bill: Bill,
+        answer: str,
+        score: Score,
+        *,
+        model: str | None = None,
+        wall_s: float = 0.0,
+        escalated: bool = False,
+        error: str | None = None,
+        confidence: float | None = None,
+    ) -> QuestionRecord:
+        """The record of a question whose calls were all booked on one budget scope (its `bill()`):
+        usage and FLOPs are the bill's, cache hits counted at their original cost."""
+        models = sorted(bill.models.items())
+        return QuestionRecord(
+            question_id=question_id,
+            answer=answer,
+            correct=score.correct,
+            f1=score.f1,
+            usage={m: mb.with_cache().usage() for m, mb in models},
+            cached_usage={m: mb.from_cache.usage() for m, mb in models if mb.cached},
+            flops=sum(mb.flops + mb.from_cache.flops for _, mb in models),
+            model=model,
+            wall_s=wall_s,
+            escalated=escalated,
+            error=error,
+            confidence=confidence,
+            cached_flops=sum(mb.from_cache.flops for _, mb in models),
+        )
 
     @property
     def em(self) -> float:
@@ -101,6 +143,21 @@ class QuestionRecord:
     @property
     def calls(self) -> int:
         return sum(u.requests for u in self.usage.values())
+
+    @property
+    def cached_calls(self) -> int:
+        return sum(u.requests for u in self.cached_usage.values())
+
+    @property
+    def from_cache(self) -> bool:
+        """Every call of this answer came from the response cache (its wall time says nothing of the model)."""
+        return self.calls > 0 and self.cached_calls == self.calls
+
+    @property
+    def flops_from_cache(self) -> float:
+        if self.cached_flops is not None:
+            return self.cached_flops
+        return sum(_flops(m, u) for m, u in self.cached_usage.items())
 
     @property
     def tokens(self) -> int:
@@ -112,8 +169,8 @@ class QuestionRecord:
             "answer": self.answer,
             "correct": self.correct,
             "f1": self.f1,
-            "usage": {m: _usage_json(u) for m, u in self.usage.items()},
-            "cached_usage": {m: _usage_json(u) for m, u in self.cached_usage.items()},
+            "usage": {m: u.to_dict() for m, u in self.usage.items()},
+            "cached_usage": {m: u.to_dict() for m, u in self.cached_usage.items()},
             "flops": self.flops,
             "model": self.model,
             "wall_s": self.wall_s,
@@ -121,6 +178,7 @@ class QuestionRecord:
             "escalated": self.escalated,
             "error": self.error,
             "confidence": self.confidence,
+            "cached_flops": self.cached_flops,
         }
 
     @staticmethod
@@ -138,67 +196,7 @@ class QuestionRecord:
             escalated=bool(d.get("escalated", False)),
             error=d.get("error"),
             confidence=None if d.get("confidence") is None else float(d["confidence"]),
-        )
-
-
-def _add(into: dict[str, Usage], model: str, usage: Usage) -> None:
-    into[model] = into.get(model, Usage()) + usage
-
-
-@dataclass(slots=True)
-class UsageTally:
-    """What one question cost, per model: feed it the completions (`add`), or pass it to a graph run as
-    a listener (it reads ModelCallEvents), then turn it into the question's record.
-
-    A cache hit counts in `usage` at its original cost ("would have cost") and also in `cached`.
-    Through events a hit only shows what it spent now (zero), so prefer `add` when caching.
-    """
-
-    usage: dict[str, Usage] = field(default_factory=dict)
-    cached: dict[str, Usage] = field(default_factory=dict)
-
-    def add(self, completion: Completion) -> None:
-        cost = original_usage(completion)
-        if completion.cached and cost.requests == 0:
-            cost = cost + Usage(requests=1)
-        _add(self.usage, completion.model, cost)
-        if completion.cached:
-            _add(self.cached, completion.model, cost)
-
-    def __call__(self, event: Event) -> None:
-        if isinstance(event, ModelCallEvent):
-            cost = event.usage + Usage(requests=1) if event.usage.requests == 0 else event.usage
-            _add(self.usage, event.model, cost)
-            if event.cached:
-                _add(self.cached, event.model, cost)
-
-    def record(
-        self,
-        question_id: str,
-        answer: str,
-        score: Score,
-        *,
-        model: str | None = None,
-        wall_s: float = 0.0,
-        escalated: bool = False,
-        error: str | None = None,
-        flops: float | None = None,
-        confidence: float | None = None,
-    ) -> QuestionRecord:
-        """The QuestionRecord; `flops` defaults to the catalog estimate of the usage."""
-        return QuestionRecord(
-            question_id=question_id,
-            answer=answer,
-            correct=score.correct,
-            f1=score.f1,
-            usage=dict(sorted(self.usage.items())),
-            cached_usage=dict(sorted(self.cached.items())),
-            flops=estimate_flops(self.usage) if flops is None else flops,
-            model=model,
-            wall_s=wall_s,
-            escalated=escalated,
-            error=error,
-            confidence=confidence,
+            cached_flops=None if d.get("cached_flops") is None else float(d["cached_flops"]),
         )
 
 
@@ -252,8 +250,30 @@ class ArmResult:
         return self.flops / self.n if self.n else math.nan
 
     @property
+    def flops_from_cache(self) -> float:
+        return sum(r.flops_from_cache for r in self.records)
+
+    @property
     def wall_s(self) -> float:
         return sum(r.wall_s for r in self.records)
+
+    def wall_quantile(self, q: float) -> float:
+        """The q-quantile (0.5: median) of the seconds per question, interpolated between records."""
+        return _quantile([r.wall_s for r in self.records], q)
+
+    @property
+    def cached_calls(self) -> int:
+        return sum(r.cached_calls for r in self.records)
+
+    @property
+    def answers_from_cache(self) -> int:
+        """Answers whose every call came from the response cache."""
+        return sum(r.from_cache for r in self.records)
+
+    @property
+    def wall_mostly_from_cache(self) -> bool:
+        """More than half of the calls came from the cache: the wall time is not comparable with other arms."""
+        return self.calls > 0 and 2 * self.cached_calls > self.calls
 
     @property
     def calls(self) -> int:
@@ -267,6 +287,20 @@ class ArmResult:
     def errors(self) -> int:
         return sum(r.error is not None for r in self.records)
 
+    @property
+    def first_error(self) -> QuestionRecord | None:
+        """The first failed record (in the order the records were made), whose error is shown in full."""
+        return next((r for r in self.records if r.error is not None), None)
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    xs = sorted(values)
+    if not xs:
+        return math.nan
+    pos = q * (len(xs) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
 
 # --- report.json ----------------------------------------------------------------------------------
 
@@ -279,33 +313,32 @@ def _arm_json(arm: ArmResult, *, seed: int) -> dict[str, Any]:
     ci = arm.em_ci(seed=seed)
     usage = arm.usage
     cached = arm.cached_usage
-    cached_flops = sum(get_model(m).flops(u.total_tokens) for m, u in cached.items() if _known(m))
+    first = arm.first_error
     return {
         "name": arm.name,
         "n": arm.n,
         "em": _num(arm.em),
         "em_ci95": [_num(ci.lo), _num(ci.hi)],
+        "interval_note": interval_note(arm.n),
         "f1": _num(arm.f1),
-        "tokens": {m: _usage_json(u) for m, u in usage.items()},
+        "tokens": {m: u.to_dict() for m, u in usage.items()},
         "prompt_tokens": sum(u.prompt_tokens for u in usage.values()),
         "completion_tokens": sum(u.completion_tokens for u in usage.values()),
-        "cached_tokens": {m: _usage_json(u) for m, u in cached.items()},
+        "cached_tokens": {m: u.to_dict() for m, u in cached.items()},
         "flops": arm.flops,
         "flops_per_question": _num(arm.flops_per_question),
-        "flops_spent_now": max(arm.flops - cached_flops, 0.0),
+        "flops_spent_now": max(arm.flops - arm.flops_from_cache, 0.0),
         "wall_s": round(arm.wall_s, 3),
+        "wall_s_p50": _num(arm.wall_quantile(0.5)),
+        "wall_s_p95": _num(arm.wall_quantile(0.95)),
+        "wall_mostly_from_cache": arm.wall_mostly_from_cache,
         "calls": arm.calls,
+        "cached_calls": arm.cached_calls,
+        "answers_from_cache": arm.answers_from_cache,
         "escalation_rate": _num(arm.escalation_rate),
         "errors": arm.errors,
+        "first_error": None if first is None else {"question_id": first.question_id, "error": first.error},
     }
-
-
-def _known(model: str) -> bool:
-    try:
-        get_model(model)
-    except UnknownModelError:
-        return False
-    return True
 
 
 def _comparisons(arms: Sequence[ArmResult], *, seed: int) -> list[dict[str, Any]]:
@@ -324,6 +357,7 @@ def _comparisons(arms: Sequence[ArmResult], *, seed: int) -> list[dict[str, Any]
                     "n": len(common),
                     "diff": _num(diff.mean),
                     "ci95": [_num(diff.lo), _num(diff.hi)],
+                    "interval_note": interval_note(len(common)),
                     "b_better": sum(rb[q].correct and not ra[q].correct for q in common),
                     "a_better": sum(ra[q].correct and not rb[q].correct for q in common),
                 }
@@ -352,9 +386,12 @@ def _rows(arms: Sequence[ArmResult], examples: Sequence[Example] | None) -> list
                 "answer": rec.answer,
                 "correct": rec.correct,
                 "f1": _num(rec.f1),
-                "tokens": {m: _usage_json(u) for m, u in rec.usage.items()},
+                "tokens": {m: u.to_dict() for m, u in rec.usage.items()},
                 "model": rec.model,
                 "flops": rec.flops,
+                "calls": rec.calls,
+                "cached_calls": rec.cached_calls,
+                "wall_s": round(rec.wall_s, 3),
                 "escalated": rec.escalated,
                 "error": rec.error,
             }
@@ -373,8 +410,9 @@ def build_report(
     meta: Mapping[str, Any] | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """The report.json content: per-arm totals with a 95% bootstrap interval for EM, paired EM
-    differences between every pair of arms (b - a), and one row per question."""
+    """The report.json content: per-arm totals with a 95% bootstrap interval for EM (marked not
+    informative below MIN_N_FOR_INTERVAL questions), paired EM differences between every pair of arms
+    (b - a), and one row per question. `meta` is shown in report.md as a list, except its "config"."""
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
         raise ValueError(f"arm names must be unique, got {names}: name each arm after its model or workflow")

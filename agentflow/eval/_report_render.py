@@ -16,7 +16,7 @@ from .._exceptions import MissingDependencyError
 if TYPE_CHECKING:
     from rich.table import Table
 
-__all__ = ["plot_pareto", "render_markdown", "render_table"]
+__all__ = ["CACHE_MARK", "notes", "plot_pareto", "render_markdown", "render_table", "verdicts"]
 
 
 def _pct(x: float | None) -> str:
@@ -27,29 +27,114 @@ def _sci(x: float | None) -> str:
     return "-" if x is None else f"{x:.3g}"
 
 
-_COLUMNS = ("arm", "n", "EM %", "95% CI", "F1 %", "prompt tok", "compl tok", "FLOPs/q", "calls", "escal %", "wall s")
+def _secs(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+_COLUMNS = (
+    "arm",
+    "n",
+    "EM %",
+    "95% CI",
+    "F1 %",
+    "prompt tok",
+    "compl tok",
+    "FLOPs/q",
+    "calls",
+    "escal %",
+    "errors",
+    "wall s",
+    "s/q p50",
+    "s/q p95",
+)
+
+CACHE_MARK = "*"
+"""Marks a wall time that comes mostly from the response cache (not comparable with the other arms)."""
+
+
+def _interval(a: Mapping[str, Any]) -> str:
+    note = a.get("interval_note")
+    if note:
+        return str(note)
+    lo, hi = a["em_ci95"]
+    return "-" if lo is None or hi is None else f"{_pct(lo)}-{_pct(hi)}"
 
 
 def _table_rows(report: Mapping[str, Any]) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     for a in report["arms"]:
-        lo, hi = a["em_ci95"]
+        cached = CACHE_MARK if a.get("wall_mostly_from_cache") else ""
         rows.append(
             (
                 str(a["name"]),
                 str(a["n"]),
                 _pct(a["em"]),
-                "-" if lo is None or hi is None else f"{_pct(lo)}-{_pct(hi)}",
+                _interval(a),
                 _pct(a["f1"]),
                 str(a["prompt_tokens"]),
                 str(a["completion_tokens"]),
                 _sci(a["flops_per_question"]),
                 str(a["calls"]),
                 _pct(a["escalation_rate"]),
-                f"{a['wall_s']:.1f}",
+                str(a["errors"]),
+                f"{a['wall_s']:.1f}{cached}",
+                _secs(a.get("wall_s_p50")),
+                _secs(a.get("wall_s_p95")),
             )
         )
     return rows
+
+
+def notes(report: Mapping[str, Any]) -> list[str]:
+    """Sentences that qualify the table: answers served by the response cache (and wall times that are
+    therefore not comparable), and failed questions with the first error in full."""
+    lines = []
+    for a in report["arms"]:
+        from_cache = int(a.get("answers_from_cache", 0))
+        if from_cache:
+            line = f"{a['name']}: {from_cache} of {a['n']} answers came from the response cache"
+            if a.get("wall_mostly_from_cache"):
+                line += f" ({CACHE_MARK} its wall time is mostly cache reads, not comparable with the other arms)"
+            lines.append(line)
+        elif a.get("wall_mostly_from_cache"):
+            lines.append(
+                f"{a['name']}: {a['cached_calls']} of {a['calls']} calls came from the response cache "
+                f"({CACHE_MARK} its wall time is not comparable with the other arms)"
+            )
+    for a in report["arms"]:
+        if a["errors"]:
+            first = a.get("first_error") or {}
+            lines.append(
+                f"{a['name']}: {a['errors']} of {a['n']} questions failed; the first "
+                f"(question {first.get('question_id')}): {first.get('error')}"
+            )
+    return lines
+
+
+def verdicts(report: Mapping[str, Any]) -> list[str]:
+    """A sentence per paired comparison: the exact-match difference (a - b) with its interval, or why there is
+    none, and the compute ratio."""
+    arms = {a["name"]: a for a in report["arms"]}
+    lines = []
+    for c in report["comparisons"]:
+        a, b = arms[c["a"]], arms[c["b"]]
+        # The report holds b - a; say it as a - b (adding 0.0 turns -0.0 into 0.0).
+        ratio = f"{a['flops'] / b['flops']:.2f}x" if b["flops"] else "n/a"
+        silent = [x["name"] for x in (a, b) if x["errors"] and x["errors"] == x["n"]]
+        if silent:
+            lines.append(f"{c['a']} vs {c['b']}: not compared ({' and '.join(silent)} answered no question)")
+            continue
+        if c["diff"] is None:
+            lines.append(f"{c['a']} vs {c['b']}: not compared (no question answered by both)")
+            continue
+        diff = round(-100 * c["diff"], 1) + 0.0
+        if c.get("interval_note"):
+            spread = f"({c['interval_note']})"
+        else:
+            lo, hi = (round(-100 * x, 1) + 0.0 for x in (c["ci95"][1], c["ci95"][0]))
+            spread = f"(95% CI {lo:+.1f} to {hi:+.1f} on {c['n']} questions)"
+        lines.append(f"{c['a']} vs {c['b']}: exact match {diff:+.1f} points {spread}, at {ratio} the FLOPs")
+    return lines
 
 
 def render_table(report: Mapping[str, Any]) -> Table:
@@ -64,16 +149,34 @@ def render_table(report: Mapping[str, Any]) -> Table:
     return table
 
 
+def _meta_value(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k} {_meta_value(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ", ".join(_meta_value(v) for v in value)
+    return str(value)
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
-    """report.md: the arms table, the paired differences and the token use per model."""
+    """report.md: the settings as a short list, the arms table with its notes (cache, errors), the paired
+    differences and the token use per model. The full config stays in report.json."""
     lines = ["# agentflow comparison", ""]
-    meta = report.get("meta") or {}
+    meta = {k: v for k, v in (report.get("meta") or {}).items() if k != "config"}
     for k, v in meta.items():
-        lines.append(f"- {k}: {v}")
+        lines.append(f"- {k}: {_meta_value(v)}")
     if meta:
         lines.append("")
     lines += ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
     lines += ["| " + " | ".join(r) + " |" for r in _table_rows(report)]
+    lines += [
+        "",
+        "s/q p50, p95: seconds per question, median and 95th percentile. "
+        f"{CACHE_MARK}: wall time mostly from the response cache.",
+    ]
+    qualified = notes(report)
+    if qualified:
+        lines += ["", "## Notes", ""]
+        lines += [f"- {line}" for line in qualified]
     if report["comparisons"]:
         lines += ["", "## Paired differences (EM, b - a, 95% bootstrap interval)", ""]
         lines += [
@@ -82,8 +185,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ]
         for c in report["comparisons"]:
             lo, hi = c["ci95"]
+            interval = c.get("interval_note") or f"{_pct(lo)} to {_pct(hi)}"
             lines.append(
-                f"| {c['a']} | {c['b']} | {c['n']} | {_pct(c['diff'])} | {_pct(lo)} to {_pct(hi)} "
+                f"| {c['a']} | {c['b']} | {c['n']} | {_pct(c['diff'])} | {interval} "
                 f"| {c['b_better']} | {c['a_better']} |"
             )
     lines += ["", "## Tokens per model", "", "| arm | model | calls | prompt | completion | from cache |"]
@@ -97,7 +201,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += [
         "",
         "EM: exact match after SQuAD normalisation (numbers and yes/no compared as values). "
-        "FLOPs: 2 x active parameters x tokens.",
+        "FLOPs: 2 x active parameters x tokens, counted as the budget's bill counts them; a call from the "
+        "response cache is counted at its original cost (`flops_spent_now` in report.json: what this run spent).",
         "",
     ]
     return "\n".join(lines)
@@ -113,10 +218,11 @@ def plot_pareto(report: Mapping[str, Any], path: Path | str) -> Path:
     except ImportError:
         raise MissingDependencyError("matplotlib (for pareto.png)", "pip install 'agentflow[eval]'") from None
     points = [
-        (float(a["flops_per_question"]), float(a["em"]), a["em_ci95"], str(a["name"]))
+        (float(a["flops_per_question"]), float(a["em"]), [None, None] if a.get("interval_note") else a["em_ci95"],
+         str(a["name"]))
         for a in report["arms"]
         if a["flops_per_question"] and a["em"] is not None
-    ]
+    ]  # fmt: skip
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     try:
         placed: list[tuple[float, float]] = []
@@ -166,7 +272,15 @@ def plot_pareto(report: Mapping[str, Any], path: Path | str) -> Path:
         ax.set_xlabel("compute per question (FLOPs, log scale)")
         ax.set_ylabel("exact match (%)")
         n = max((int(a["n"]) for a in report["arms"]), default=0)
-        ax.set_title(f"Accuracy against compute ({n} questions, 95% bootstrap intervals)")
+        few = [bool(a.get("interval_note")) for a in report["arms"]]
+        spread = (
+            "too few for intervals"
+            if few and all(few)
+            else "95% bootstrap intervals where n is large enough"
+            if any(few)
+            else "95% bootstrap intervals"
+        )
+        ax.set_title(f"Accuracy against compute ({n} questions, {spread})")
         ax.grid(True, which="both", alpha=0.3)
         fig.tight_layout()
         out = Path(path)
