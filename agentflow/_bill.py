@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ._catalog import ModelSpec
+from ._energy import EnergyReading, energy_for
 from ._types import Completion, Usage
 
 __all__ = [
@@ -166,12 +167,23 @@ def cache_hit_bill(spec: ModelSpec | None, completion: Completion) -> ModelBill:
 @dataclass(frozen=True)
 class Bill:
     """The bill of a budget scope: per-model tokens, requests, FLOPs and dollars; wall time;
-    escalations and degradations. JSON-serialisable with `to_dict()`; adds with `+`."""
+    escalations and degradations; energy (measured when a meter read it, else estimated from the FLOPs
+    and wall time, and labelled so). JSON-serialisable with `to_dict()`; adds with `+`."""
 
     models: Mapping[str, ModelBill] = field(default_factory=dict)
     wall_time_s: float = 0.0
     escalations: int = 0
     degradations: tuple[str, ...] = ()
+    energy: EnergyReading | None = None  # None: estimated from this bill's FLOPs and wall time
+
+    @property
+    def energy_reading(self) -> EnergyReading:
+        """What this bill's work used: the metered reading, or an estimate that says how it was made."""
+        return self.energy if self.energy is not None else energy_for(self.wall_time_s, self.flops)
+
+    @property
+    def energy_j(self) -> float:
+        return self.energy_reading.joules
 
     def _sum(self, name: str) -> Any:
         return sum(getattr(m, name) for m in self.models.values())
@@ -213,6 +225,7 @@ class Bill:
             self.wall_time_s + other.wall_time_s,
             self.escalations + other.escalations,
             self.degradations + other.degradations,
+            None if self.energy is None and other.energy is None else self.energy_reading + other.energy_reading,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -227,6 +240,8 @@ class Bill:
             "escalations": self.escalations,
             "degradations": list(self.degradations),
             "overshoots": self.overshoots,
+            "energy_j": self.energy_j,
+            "energy": self.energy_reading.to_dict(),
             "models": {name: mb.to_dict() for name, mb in sorted(self.models.items())},
         }
 
@@ -238,4 +253,5 @@ class Bill:
             float(data.get("wall_time_s", 0.0)),
             int(data.get("escalations", 0)),
             tuple(data.get("degradations", ())),
+            EnergyReading.from_dict(data["energy"]) if data.get("energy", {}).get("measured") else None,
         )

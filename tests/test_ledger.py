@@ -48,6 +48,9 @@ def _shared_figures(arm: dict, bill: Bill) -> None:  # type: ignore[type-arg]
     assert arm["flops"] == pytest.approx(sum(s.flops for s in with_cache.values()), rel=1e-12)
     assert arm["flops_spent_now"] == pytest.approx(bill.flops, rel=1e-12, abs=1e-6)
     assert round(arm["escalation_rate"] * arm["n"]) == bill.escalations
+    if bill.flops > 0:  # energy is estimated from the FLOPs both hold (a measured bill would carry its reading)
+        assert arm["energy_j_spent_now"] == pytest.approx(bill.energy_j, rel=1e-12)
+        assert bill.to_dict()["energy"]["measured"] is False
 
 
 async def test_the_report_of_a_compare_run_shows_the_bills_figures(tmp_path: Path) -> None:

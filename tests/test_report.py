@@ -298,7 +298,7 @@ def test_answers_from_the_cache_are_counted_and_their_wall_time_flagged(tmp_path
     assert (small["answers_from_cache"], small["wall_mostly_from_cache"]) == (0, False)
     assert (large["answers_from_cache"], large["cached_calls"], large["wall_mostly_from_cache"]) == (3, 3, True)
     assert large["flops_spent_now"] == pytest.approx(large["flops"] / 4)
-    said = notes(report)
+    said = [line for line in notes(report) if not line.startswith("energy ")]
     assert len(said) == 1 and said[0].startswith("large: 3 of 4 answers came from the response cache")
     assert "not comparable" in said[0]
     md = (tmp_path / "report.md").read_text()
@@ -320,3 +320,15 @@ def test_report_md_lists_the_settings_not_a_raw_config(tmp_path: Path) -> None:
     assert f"- models: small {SMALL}, large {LARGE}\n" in md
     assert "id-250" not in md and "{" not in md.split("|", 1)[0]  # no dict and no question id in the list
     assert report["meta"]["config"]["question_ids"][2] == "id-250"  # report.json keeps the full config
+
+
+def test_energy_per_answer_is_in_the_report_and_labelled_estimated(tmp_path: Path) -> None:
+    arm = ArmResult.from_records("small", [_timed(f"q{i}", 2.0) for i in range(4)])
+    report = write_report(tmp_path, [arm], plot=False)
+    [a] = report["arms"]
+    assert a["energy_measured"] is False and a["energy_method"].startswith("estimated")
+    assert a["energy_j_per_answer"] == pytest.approx(a["energy_j"] / 4) and a["energy_j"] > 0
+    assert a["energy_wh_per_1000"] == pytest.approx(a["energy_j_per_answer"] * 1000 / 3600)
+    line = next(x for x in notes(report) if x.startswith("energy "))
+    assert "estimated" in line and "J/FLOP" in line
+    assert "J/q" in (tmp_path / "report.md").read_text()

@@ -25,6 +25,7 @@ from typing import Any
 
 from .._bill import ORIGINAL_USAGE, Bill, original_usage, spend_for
 from .._catalog import ModelSpec, get_model
+from .._energy import energy_for, energy_summary
 from .._exceptions import UnknownModelError
 from .._types import Usage
 from ._data import Example
@@ -338,6 +339,8 @@ def _arm_json(arm: ArmResult, *, seed: int) -> dict[str, Any]:
         "escalation_rate": _num(arm.escalation_rate),
         "errors": arm.errors,
         "first_error": None if first is None else {"question_id": first.question_id, "error": first.error},
+        **energy_summary(energy_for(arm.wall_s, arm.flops), arm.n),
+        "energy_j_spent_now": energy_for(arm.wall_s, max(arm.flops - arm.flops_from_cache, 0.0)).joules,
     }
 
 

@@ -40,6 +40,7 @@ _COLUMNS = (
     "prompt tok",
     "compl tok",
     "FLOPs/q",
+    "J/q",
     "calls",
     "escal %",
     "errors",
@@ -50,6 +51,14 @@ _COLUMNS = (
 
 CACHE_MARK = "*"
 """Marks a wall time that comes mostly from the response cache (not comparable with the other arms)."""
+
+
+ESTIMATE_MARK = "~"
+"""Marks an energy figure that is estimated (see the note under the table for how), not measured."""
+
+
+def _joules(value: float | None, measured: bool | None) -> str:
+    return "-" if value is None else f"{'' if measured else ESTIMATE_MARK}{value:.0f}"
 
 
 def _interval(a: Mapping[str, Any]) -> str:
@@ -74,6 +83,7 @@ def _table_rows(report: Mapping[str, Any]) -> list[tuple[str, ...]]:
                 str(a["prompt_tokens"]),
                 str(a["completion_tokens"]),
                 _sci(a["flops_per_question"]),
+                _joules(a.get("energy_j_per_answer"), a.get("energy_measured")),
                 str(a["calls"]),
                 _pct(a["escalation_rate"]),
                 str(a["errors"]),
@@ -101,6 +111,16 @@ def notes(report: Mapping[str, Any]) -> list[str]:
                 f"{a['name']}: {a['cached_calls']} of {a['calls']} calls came from the response cache "
                 f"({CACHE_MARK} its wall time is not comparable with the other arms)"
             )
+    for method in sorted({str(a["energy_method"]) for a in report["arms"] if a.get("energy_method")}):
+        arms = [a for a in report["arms"] if a.get("energy_method") == method]
+        per_1000 = ", ".join(
+            f"{a['name']} {a['energy_wh_per_1000']:.2f}" for a in arms if a.get("energy_wh_per_1000") is not None
+        )
+        label = "measured" if arms[0].get("energy_measured") else f"estimated ({ESTIMATE_MARK})"
+        lines.append(
+            f"energy {label} by {method} (e.g. {arms[0]['name']}: {arms[0].get('energy_basis')}); "
+            f"Wh per 1,000 questions: {per_1000}"
+        )
     for a in report["arms"]:
         if a["errors"]:
             first = a.get("first_error") or {}
