@@ -10,10 +10,14 @@ Shaped like tenacity's strategies: each estimator is a small callable object ove
 
 - `TokenProb(how)`: from the answer tokens' logprobs: "mean" (arithmetic mean token probability),
   "geomean" (exp of the mean logprob), "min" (least sure token) or "joint" (product of all).
-- `Agreement(k)`: samples k-1 more answers and scores the share that agree with the answer after
-  `normalize_answer` (SQuAD-style). Samples fewer when the budget cannot afford k-1.
+- `Agreement(k)`: samples k-1 more answers and scores the share that agree with the answer
+  (`answers_agree`: equal after `normalize_answer`, or one containing the other word for word).
+  Samples fewer when the budget cannot afford k-1.
 - `Verifier(model)`: asks a verifier model a constrained yes/no question and reads P(yes) from the
-  first token's top alternatives, normalised over yes/no.
+  first token's top alternatives, normalised over yes/no (`yes_probability`).
+
+These score one model call. Confidence read from a workflow's final state (agreement of its samples,
+its verifier's P(yes), the final answer's token probabilities, a learned classifier) is in `_learned.py`.
 
 An estimator that cannot score (no logprobs, no budget left, a verifier that fails) raises
 `ConfidenceError`; the router records it and escalates.
@@ -50,8 +54,10 @@ __all__ = [
     "MinOf",
     "TokenProb",
     "Verifier",
+    "answers_agree",
     "estimator",
     "normalize_answer",
+    "yes_probability",
 ]
 
 
@@ -62,10 +68,24 @@ _PUNCT = str.maketrans("", "", string.punctuation)
 
 
 def normalize_answer(text: str) -> str:
-    """SQuAD-style normalisation: lowercase, drop punctuation and articles, collapse whitespace."""
+    """SQuAD normalisation: lowercase, drop punctuation and the articles a/an/the, collapse whitespace.
+
+    The one normalisation of agentflow: exact match and F1 (`agentflow.eval`) and answer agreement use it."""
     text = text.lower().translate(_PUNCT)
     text = _ARTICLES.sub(" ", text)
     return " ".join(text.split())
+
+
+def answers_agree(a: str, b: str, normalize: Callable[[str], str] = normalize_answer) -> bool:
+    """Whether two answers say the same: equal after `normalize`, or one contains the other as whole
+    words ("Jane Roe" and "roe"; not "1" and "1901"). An empty answer agrees with nothing."""
+    x, y = normalize(a), normalize(b)
+    if not x or not y:
+        return False
+    if x == y:
+        return True
+    short, long = (x, y) if len(x) <= len(y) else (y, x)
+    return f" {short} " in f" {long} "
 
 
 # --- state and result ---------------------------------------------------------------------------
@@ -283,8 +303,9 @@ class TokenProb(Estimator):
 
 class Agreement(Estimator):
     """Samples `k - 1` more answers at `temperature` and scores the share of all k that agree with
-    the answer after `normalize`. With a degrading budget it samples as many as it can afford (at
-    least one); with none affordable it raises ConfidenceError."""
+    the answer (`answers_agree` after `normalize`: equal, or one containing the other). With a
+    degrading budget it samples as many as it can afford (at least one); with none affordable it
+    raises ConfidenceError."""
 
     def __init__(
         self,
@@ -314,8 +335,8 @@ class Agreement(Estimator):
             samples = await asyncio.gather(*(state.model.complete(base.with_(seed=seed0 + i + 1)) for i in range(n)))
         except ModelError as e:
             raise ConfidenceError(f"Agreement: a sample from {state.model.name!r} failed: {e}") from e
-        target = self.normalize(state.completion.text)
-        agree = 1 + sum(self.normalize(s.text) == target for s in samples)
+        target = state.completion.text
+        agree = 1 + sum(answers_agree(s.text, target, self.normalize) for s in samples)
         costs: dict[str, Usage] = {}
         for s in samples:
             costs[s.model] = costs.get(s.model, Usage()) + s.usage
@@ -398,24 +419,30 @@ class Verifier(Estimator):
             out = await model.complete(request)
         except ModelError as e:
             raise ConfidenceError(f"Verifier {model.name!r} failed: {e}") from e
-        costs = {out.model: out.usage}
-        if not out.logprobs:
-            raise ConfidenceError(
-                f"Verifier {model.name!r} returned no logprobs: use a server that returns logprobs "
-                "(llama.cpp and vLLM do) for the verifier"
-            )
-        first = out.logprobs[0]
-        top = first.top or ((first.token, first.logprob),)
-        yes, no, rest = _yes_no_mass(top)
-        if yes is None and no is None:
-            raise ConfidenceError(
-                f"Verifier {model.name!r}: neither 'yes' nor 'no' among the first token's alternatives "
-                f"{[t for t, _ in top]}: the server may ignore the choice constraint; raise top_logprobs"
-            )
-        p_yes = yes if yes is not None else 0.0
-        p_no = no if no is not None else rest
-        if yes is None:
-            p_yes = rest
-        total = p_yes + p_no
-        score = p_yes / total if total > 0 else 0.0
-        return Confidence(_clamp(score), costs, {"p_yes": p_yes, "p_no": p_no, "verdict": out.text.strip()})
+        p_yes = yes_probability(out, source=f"Verifier {model.name!r}")
+        detail = {"p_yes": p_yes, "verdict": out.text.strip()}
+        return Confidence(_clamp(p_yes), {out.model: out.usage}, detail)
+
+
+def yes_probability(verdict: Completion, *, source: str = "the verifier") -> float:
+    """P(yes) of a constrained yes/no verdict, read from its first token's top alternatives (any case
+    or spacing of "yes" and "no") and normalised over yes + no. When one of them is not listed, its
+    probability is taken as the unlisted mass (an upper bound), which keeps the score conservative.
+    Raises ConfidenceError when the verdict has no logprobs or lists neither word."""
+    if not verdict.logprobs:
+        raise ConfidenceError(
+            f"{source} returned no logprobs: ask for them (logprobs=True, top_logprobs>=2) from a server "
+            "that returns logprobs (llama.cpp and vLLM do)"
+        )
+    first = verdict.logprobs[0]
+    top = first.top or ((first.token, first.logprob),)
+    yes, no, rest = _yes_no_mass(top)
+    if yes is None and no is None:
+        raise ConfidenceError(
+            f"{source}: neither 'yes' nor 'no' among the first token's alternatives "
+            f"{[t for t, _ in top]}: the server may ignore the choice constraint; raise top_logprobs"
+        )
+    p_yes = yes if yes is not None else rest
+    p_no = no if no is not None else rest
+    total = p_yes + p_no
+    return _clamp(p_yes / total) if total > 0 else 0.0

@@ -16,8 +16,10 @@ from agentflow._confidence import (
     MinOf,
     TokenProb,
     Verifier,
+    answers_agree,
     estimator,
     normalize_answer,
+    yes_probability,
 )
 from agentflow._exceptions import ServerError
 from agentflow._types import ChatRequest, ChoiceOutput, Completion, TokenLogprob, Usage
@@ -223,3 +225,42 @@ def test_estimator_is_an_abstract_base() -> None:
 def test_estimators_have_readable_reprs() -> None:
     combo = TokenProb("min") & Agreement(k=4) | Verifier(ScriptedModel([], name="judge"))
     assert repr(combo) == "MaxOf([MinOf([TokenProb('min'), Agreement(k=4, temperature=0.7)]), Verifier('judge')])"
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "agree"),
+    [
+        ("Jane Roe", "jane roe.", True),  # equal after normalisation
+        ("Jane Roe", "Roe", True),  # one contains the other, word for word
+        ("the Eiffel Tower", "Eiffel Tower in Paris", True),
+        ("1", "1901", False),  # not inside a word
+        ("Roe", "Roebuck", False),
+        ("Paris", "London", False),
+        ("", "", False),  # an empty answer agrees with nothing
+        ("The", "the", False),  # only an article: empty after normalisation
+    ],
+)
+def test_answers_agree_when_equal_or_one_contains_the_other(a: str, b: str, agree: bool) -> None:
+    assert answers_agree(a, b) is agree
+    assert answers_agree(b, a) is agree
+
+
+def test_the_core_normalisation_is_the_metrics_one() -> None:
+    from agentflow.eval import _metrics
+
+    assert _metrics.normalize_answer is normalize_answer  # one function: EM/F1 and agreement cannot drift apart
+
+
+async def test_agreement_counts_a_sample_that_contains_the_answer() -> None:
+    sampler = ScriptedModel(["Jane Roe", "Roe", "John Doe"], name="small")
+    conf = await Agreement(k=4)(state(completion("Jane Roe"), sampler))
+    assert conf.score == pytest.approx(3 / 4)
+
+
+def test_yes_probability_reads_a_verdict_and_says_why_it_cannot() -> None:
+    assert yes_probability(verdict([("yes", 0.6), (" No", 0.3)])) == pytest.approx(0.6 / 0.9)
+    assert yes_probability(verdict([("no", 0.9)])) == pytest.approx(0.1)  # "yes" unlisted: at most the rest
+    with pytest.raises(ConfidenceError, match="no logprobs"):
+        yes_probability(Completion("yes", "judge", "stop", Usage(1, 1, 1)), source="judge")
+    with pytest.raises(ConfidenceError, match="neither 'yes' nor 'no'"):
+        yes_probability(verdict([("maybe", 0.9)]))

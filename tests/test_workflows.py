@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from agentflow import Budget, BudgetLimits, ChatRequest, ChoiceOutput, Completion, ConfigError, Router, TokenProb, Usage
+from agentflow import (
+    Budget,
+    BudgetLimits,
+    ChatRequest,
+    ChoiceOutput,
+    Completion,
+    ConfigError,
+    Router,
+    TokenLogprob,
+    TokenProb,
+    Usage,
+)
 from agentflow.eval import Paragraph
 from agentflow.testing import FunctionModel, Reply, ScriptedModel
-from workflows import QADeps, QAState, build, clean_answer, short_span_rule
+from workflows import QADeps, QAState, build, clean_answer, rung, short_span_rule
 
 PARAS = [
     Paragraph("Alpha", "Alpha is a city founded in 1901 by Jane Roe."),
@@ -165,3 +178,92 @@ def test_unknown_workflow_and_bad_settings_are_clear_errors() -> None:
 )
 def test_clean_answer(raw: str, want: str) -> None:
     assert clean_answer(raw) == want
+
+
+# --- evidence in the final state (for cascades) -------------------------------------------------
+
+
+async def test_direct_requests_are_unchanged_by_default_and_ask_for_logprobs_only_when_told() -> None:
+    from workflows import direct
+    from workflows._common import answer_request
+
+    model = ScriptedModel(["Jane Roe."])
+    state, _ = await build("direct").run(_state(), deps=QADeps(model=model))
+    assert model.requests[0] == answer_request(_state(), direct.INSTRUCTIONS, max_tokens=32)  # as before
+    assert state.answer_logprobs is None  # the model was not asked for any
+
+    model = ScriptedModel([Reply("Jane Roe.", prob=0.8)])
+    state, _ = await build("direct").run(_state(), deps=QADeps(model=model, logprobs=1))
+    (req,) = model.requests
+    assert req.logprobs and req.top_logprobs == 1
+    assert req == TokenProb("mean").prepare(answer_request(_state(), direct.INSTRUCTIONS, max_tokens=32))
+    assert state.answer_logprobs is not None and len(state.answer_logprobs) == 2  # "Jane", " Roe": not the "."
+
+
+async def test_cot_records_the_logprobs_of_the_answer_line_only() -> None:
+    reply = Completion(
+        "Alpha names him.\nAnswer: Jane Roe",
+        "m",
+        "stop",
+        Usage(1, 10, 6),
+        logprobs=tuple(
+            TokenLogprob(t, lp)
+            for t, lp in [("Alpha", -2.0), (" names him.", -2.0), ("\nAnswer:", -2.0), (" Jane", -0.1), (" Roe", -0.2)]
+        ),
+    )
+    state, _ = await build("cot").run(_state(), deps=QADeps(model=ScriptedModel([reply])))
+    assert state.answer == "Jane Roe" and state.answer_logprobs == [-0.1, -0.2]
+
+
+async def test_self_consistency_agreement_is_semantic_and_stops_early() -> None:
+    model = ScriptedModel(["Jane Roe", "Roe.", "never asked"])  # one contains the other: they agree
+    state, record = await build("sc").run(_state(), deps=QADeps(model=model))
+    assert len(model.requests) == 2 and record.visits["sample"] == 2
+    assert state.answer == "Jane Roe" and state.agreement == 1.0 and state.confidence == 1.0
+    model = ScriptedModel(["1", "1901", "Bob", "Al", "Zed"])  # "1" is not inside "1901"
+    state, _ = await build("sc").run(_state(), deps=QADeps(model=model))
+    assert len(model.requests) == 5 and state.agreement == pytest.approx(1 / 5) and state.answer == "1"
+
+
+async def test_self_consistency_keeps_the_winners_logprobs() -> None:
+    model = ScriptedModel([Reply("Bob", prob=0.3), Reply("Jane Roe", prob=0.6), Reply("jane roe", prob=0.9)])
+    state, _ = await build("sc").run(_state(), deps=QADeps(model=model, logprobs=1))
+    assert state.answer == "Jane Roe" and state.agreement == pytest.approx(2 / 3)
+    assert state.answer_logprobs == pytest.approx([math.log(0.6)] * 2)  # the first winning sample's tokens
+
+
+async def test_verify_records_the_verifiers_probability_of_yes() -> None:
+    top = (("yes", math.log(0.3)), ("no", math.log(0.6)))
+    no = Completion("no", "judge", "stop", Usage(1, 50, 1), (TokenLogprob("no", top[1][1], top),), "no")
+    top2 = (("yes", math.log(0.9)), ("no", math.log(0.1)))
+    yes = Completion("yes", "judge", "stop", Usage(1, 50, 1), (TokenLogprob("yes", top2[0][1], top2),), "yes")
+    judge = ScriptedModel([no, yes], name="judge")
+    model = ScriptedModel(["Bob", "Jane Roe"])
+    state, _ = await build("verify").run(_state(), deps=QADeps(model=model, verifier=judge))
+    assert state.answer == "Jane Roe" and state.accepted is True
+    assert state.verifier_p_yes == pytest.approx(0.9)  # of the final answer, not the rejected one
+    assert all(r.logprobs and r.top_logprobs >= 2 for r in judge.requests)  # P(yes) needs the alternatives
+    # a server without logprobs: the verdict still decides, P(yes) is unknown
+    judge = ScriptedModel([Completion("yes", "judge", "stop", Usage(1, 50, 1), parsed="yes")], name="judge")
+    state, _ = await build("verify").run(_state(), deps=QADeps(model=ScriptedModel(["Jane Roe"]), verifier=judge))
+    assert state.accepted is True and state.verifier_p_yes is None
+
+
+async def test_rung_builds_a_cascade_step_with_budgeted_models_and_its_least_calls() -> None:
+    from agentflow import AgreementShare, AnswerTokenProb, BudgetedModel
+
+    budget = Budget(BudgetLimits(requests=10))
+    small = ScriptedModel([], name="qwen2.5-coder-0.5b")
+    step = rung("sc", small, confidence=AgreementShare(), threshold=0.6, retrieve_k=1, budget=budget)
+    assert step.name == "sc@qwen2.5-coder-0.5b" and step.threshold == 0.6
+    assert isinstance(step.deps.model, BudgetedModel) and step.deps.model.budget is budget
+    assert step.deps.logprobs == 0  # agreement needs no logprobs: requests stay as they were
+    assert step.cost is not None
+    calls = list(step.cost(_state()))
+    assert len(calls) == 2  # two samples at the least: the fewest that can agree
+    user = calls[0][0].messages[-1].content
+    assert "Title: Alpha" in user and "Title: Beta" not in user  # estimated on what retrieval leaves
+    assert rung("direct", small, confidence=AnswerTokenProb()).deps.logprobs == 1
+    judged = rung("verify", small, verifier=ScriptedModel([], name="judge"))
+    assert judged.deps.rule is None and len(list(judged.cost(_state()))) == 2  # type: ignore[misc]
+    assert len(list(rung("verify", small).cost(_state()))) == 1  # type: ignore[misc]  # a rule costs nothing

@@ -2,6 +2,10 @@
 
 Prompts put the long, shared part first (instructions, then paragraphs) and the question last, so a
 server's prefix cache reuses the paragraphs across the calls one question makes. Outputs are short.
+
+The final state records the evidence a cascade decides on (`QAState.signals()`): the agreement share
+of self-consistency's samples, the verifier's P(yes), and the logprobs of the final answer's tokens
+(when the model returns them: `QADeps(logprobs=1)` asks for them; the default sends no such field).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict
 
-from agentflow import Append, Budget, ChatRequest, Completion, Message, Model
+from agentflow import Append, Budget, ChatRequest, Completion, Message, Model, Signals
 from agentflow.eval import Paragraph
 
 __all__ = [
@@ -21,7 +25,9 @@ __all__ = [
     "QADeps",
     "QAState",
     "Rule",
+    "answer_logprobs",
     "answer_request",
+    "ask",
     "clean_answer",
     "context_block",
     "finished",
@@ -36,7 +42,11 @@ Rule = Callable[[str, str], str | None]
 
 class QAState(BaseModel):
     """A question on its way to an answer. `context` is what the model reads (all paragraphs unless a
-    retrieval step chose fewer); `notes` collects intermediate findings (samples, sub-answers, feedback)."""
+    retrieval step chose fewer); `notes` collects intermediate findings (samples, sub-answers, feedback).
+
+    Evidence about the final answer: `agreement` (share of samples behind it), `verifier_p_yes` (a
+    verifier model's P(yes) for it), `answer_logprobs` (its tokens' logprobs, when the model returned
+    them), `retrieval_scores` (the scores of the paragraphs read, when the retrieval step records them)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -50,11 +60,34 @@ class QAState(BaseModel):
     subquestions: list[str] = []
     confidence: float | None = None
     degraded: bool = False
+    agreement: float | None = None
+    verifier_p_yes: float | None = None
+    answer_logprobs: list[float] | None = None
+    sample_logprobs: Annotated[list[list[float]], Append()] = []
+    retrieval_scores: list[float] | None = None
+
+    def signals(self) -> Signals:
+        """What this state tells about its answer, for a cascade's confidence (`agentflow.Signals`)."""
+        paras = self.context if self.context is not None else self.paragraphs
+        return Signals(
+            question=self.question,
+            answer=self.answer,
+            token_logprobs=tuple(self.answer_logprobs or ()),
+            agreement=self.agreement,
+            samples=len(self.samples),
+            verifier_p_yes=self.verifier_p_yes,
+            accepted=self.accepted,
+            retrieval_scores=tuple(self.retrieval_scores or ()),
+            context="\n".join(p.text for p in paras),
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class QADeps:
-    """What the nodes call. `model` may be a plain model or a Router (a router is a model too)."""
+    """What the nodes call. `model` may be a plain model or a Router (a router is a model too).
+
+    `logprobs`: how many top logprobs to ask the answering model for (0, the default, asks for none and
+    leaves requests as they were; 1 is what a router with `TokenProb` asks, so both share cache entries)."""
 
     model: Model
     verifier: Model | None = None
@@ -62,6 +95,14 @@ class QADeps:
     budget: Budget | None = None
     max_tokens: int = 32
     reasoning_tokens: int = 160
+    logprobs: int = 0
+
+
+async def ask(deps: QADeps, request: ChatRequest) -> Completion:
+    """Ask `deps.model`, with the logprobs `deps.logprobs` asks for (none by default: the request as is)."""
+    if deps.logprobs > 0:
+        request = request.with_(logprobs=True, top_logprobs=max(request.top_logprobs, deps.logprobs))
+    return await deps.model.complete(request)
 
 
 def context_block(state: QAState) -> str:
@@ -106,11 +147,35 @@ def short_span_rule(question: str, answer: str) -> str | None:
     return None
 
 
+def answer_logprobs(completion: Completion, answer: str) -> list[float] | None:
+    """The logprobs of the tokens that spell `answer` in the completion (the last place it occurs), so
+    a reasoning chain before 'Answer:' is not scored; all tokens when it cannot be located; None
+    without logprobs."""
+    lps = completion.logprobs
+    if not lps:
+        return None
+    text = completion.text
+    start = text.rfind(answer) if answer else -1
+    if start < 0 or "".join(t.token for t in lps) != text:
+        return [t.logprob for t in lps]
+    end = start + len(answer)
+    out: list[float] = []
+    pos = 0
+    for t in lps:
+        if pos < end and pos + len(t.token) > start:
+            out.append(t.logprob)
+        pos += len(t.token)
+    return out or [t.logprob for t in lps]
+
+
 def finished(completion: Completion) -> dict[str, object]:
-    """The state update for a model's final answer (carrying the router's confidence and degradation)."""
+    """The state update for a model's final answer (carrying the router's confidence and degradation,
+    and the answer's token logprobs when the model returned them)."""
     score = completion.meta.get("confidence")
+    answer = clean_answer(completion.text)
     return {
-        "answer": clean_answer(completion.text),
+        "answer": answer,
         "confidence": score if isinstance(score, float) else None,
         "degraded": bool(completion.meta.get("degraded", False)),
+        "answer_logprobs": answer_logprobs(completion, answer),
     }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from agentflow import END, START, Ctx, Graph, GraphBuilder
 
-from ._common import ANSWER_RULES, QADeps, QAState, answer_request, finished
+from ._common import ANSWER_RULES, QADeps, QAState, answer_request, ask, finished
 
 __all__ = ["INSTRUCTIONS", "build"]
 
@@ -20,7 +20,7 @@ INSTRUCTIONS = (
 
 async def reason(state: QAState, ctx: Ctx[QAState, QADeps]) -> dict[str, object]:
     deps = ctx.deps
-    completion = await deps.model.complete(answer_request(state, INSTRUCTIONS, max_tokens=deps.reasoning_tokens))
+    completion = await ask(deps, answer_request(state, INSTRUCTIONS, max_tokens=deps.reasoning_tokens))
     update = finished(completion)
     update["notes"] = [completion.text.strip()]
     return update

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from agentflow import END, START, Ctx, Graph, GraphBuilder
 
-from ._common import ANSWER_RULES, QADeps, QAState, answer_request, finished
+from ._common import ANSWER_RULES, QADeps, QAState, answer_request, ask, finished
 
 __all__ = ["INSTRUCTIONS", "build"]
 
@@ -13,7 +13,7 @@ INSTRUCTIONS = f"Answer the question using the paragraphs. {ANSWER_RULES}"
 
 async def answer(state: QAState, ctx: Ctx[QAState, QADeps]) -> dict[str, object]:
     deps = ctx.deps
-    completion = await deps.model.complete(answer_request(state, INSTRUCTIONS, max_tokens=deps.max_tokens))
+    completion = await ask(deps, answer_request(state, INSTRUCTIONS, max_tokens=deps.max_tokens))
     return finished(completion)
 
 

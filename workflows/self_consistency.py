@@ -1,25 +1,37 @@
 """Self-consistency with adaptive stopping: sample answers one at a time, stop as soon as `agree` of
-them match (after answer normalisation), never more than `k`; the majority answer wins.
+them agree, never more than `k`; the answer with the most support wins (ties: the earliest sample).
+
+Two answers agree when they are equal after answer normalisation or one contains the other word for
+word ("Jane Roe" and "Roe"; `agentflow.answers_agree`). The share of samples that agree with the
+winner is recorded as `agreement` (and as `confidence`), with the winner's token logprobs when the
+model returned them.
 
 With a budget in the deps, sampling also stops when the next sample cannot be afforded (the state is
-then marked degraded). The share of samples behind the winner is the answer's confidence.
+then marked degraded).
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from agentflow import END, START, ChatRequest, ConfigError, Ctx, Graph, GraphBuilder, answers_agree
 
-from agentflow import END, START, ChatRequest, ConfigError, Ctx, Graph, GraphBuilder
-from agentflow.eval import normalize_answer
-
-from ._common import QADeps, QAState, answer_request, clean_answer
+from ._common import QADeps, QAState, answer_logprobs, answer_request, ask, clean_answer
 from .direct import INSTRUCTIONS
 
-__all__ = ["build"]
+__all__ = ["build", "support"]
 
 
-def _tally(samples: list[str]) -> Counter[str]:
-    return Counter(normalize_answer(s) for s in samples if s.strip())
+def support(samples: list[str]) -> list[int]:
+    """For each sample, how many samples (itself included) agree with it; 0 for an empty one."""
+    return [sum(answers_agree(s, t) for t in samples) for s in samples]
+
+
+def _winner(samples: list[str]) -> tuple[int, int] | None:
+    """(index, support) of the best-supported sample, the earliest on ties; None when all are empty."""
+    counts = support(samples)
+    if not counts or max(counts) == 0:
+        return None
+    best = max(counts)
+    return counts.index(best), best
 
 
 def build(*, k: int = 5, agree: int = 2, temperature: float = 0.7) -> Graph[QAState, QADeps]:
@@ -33,12 +45,17 @@ def build(*, k: int = 5, agree: int = 2, temperature: float = 0.7) -> Graph[QASt
 
     async def sample(state: QAState, ctx: Ctx[QAState, QADeps]) -> dict[str, object]:
         req = request(state, ctx.deps, ctx.visit)
-        completion = await ctx.deps.model.complete(req)
-        return {"samples": [clean_answer(completion.text)], "degraded": bool(completion.meta.get("degraded"))}
+        completion = await ask(ctx.deps, req)
+        text = clean_answer(completion.text)
+        return {
+            "samples": [text],
+            "sample_logprobs": [answer_logprobs(completion, text) or []],
+            "degraded": bool(completion.meta.get("degraded")),
+        }
 
     def next_step(state: QAState, ctx: Ctx[QAState, QADeps]) -> str:
-        tally = _tally(state.samples)
-        if tally and tally.most_common(1)[0][1] >= agree:
+        won = _winner(state.samples)
+        if won is not None and won[1] >= agree:
             return "vote"
         budget = ctx.deps.budget
         nxt = request(state, ctx.deps, len(state.samples) + 1)
@@ -50,13 +67,14 @@ def build(*, k: int = 5, agree: int = 2, temperature: float = 0.7) -> Graph[QASt
         return {"degraded": True, "notes": [f"stopped sampling after {len(state.samples)}: budget"]}
 
     def vote(state: QAState) -> dict[str, object]:
-        tally = _tally(state.samples)
-        if not tally:
-            return {"answer": "", "confidence": 0.0}
-        top, count = tally.most_common(1)[0]
-        # Report the first raw sample with the winning normal form (keeps the model's casing).
-        answer = next(s for s in state.samples if normalize_answer(s) == top)
-        return {"answer": answer, "confidence": count / len(state.samples)}
+        won = _winner(state.samples)
+        if won is None:
+            return {"answer": "", "confidence": 0.0, "agreement": 0.0, "answer_logprobs": None}
+        i, count = won
+        share = count / len(state.samples)
+        lps = state.sample_logprobs[i] if i < len(state.sample_logprobs) else []
+        # The winning sample as the model wrote it (keeps its casing).
+        return {"answer": state.samples[i], "confidence": share, "agreement": share, "answer_logprobs": lps or None}
 
     g: GraphBuilder[QAState, QADeps] = GraphBuilder(QAState, deps=QADeps, name="self_consistency")
     g.add_node("sample", sample, max_visits=k, on_exhausted="vote")

@@ -4,16 +4,34 @@ The verifier is a rule (`QADeps.rule`: a function of question and answer returni
 or a model judging with a constrained yes/no (`QADeps.verifier`). After `max_attempts` answers the
 last one stands, with `accepted=False`. With a budget in the deps, verification stops (the answer is
 kept, marked degraded) when the verifier call cannot be afforded.
+
+A model verifier's probability of "yes" for the final answer is recorded as `verifier_p_yes` (read
+from the top logprobs of its verdict; None for a rule, or when the server returns no logprobs), so a
+cascade can escalate on it.
 """
 
 from __future__ import annotations
 
-from agentflow import END, START, ChatRequest, ChoiceOutput, ConfigError, Ctx, Graph, GraphBuilder, Message
+from agentflow import (
+    END,
+    START,
+    ChatRequest,
+    ChoiceOutput,
+    ConfidenceError,
+    ConfigError,
+    Ctx,
+    Graph,
+    GraphBuilder,
+    Message,
+    yes_probability,
+)
 
-from ._common import QADeps, QAState, answer_request, context_block, finished
+from ._common import QADeps, QAState, answer_request, ask, context_block, finished
 from .direct import INSTRUCTIONS
 
-__all__ = ["build", "judge_request"]
+__all__ = ["JUDGE_TOP_LOGPROBS", "build", "judge_request"]
+
+JUDGE_TOP_LOGPROBS = 5
 
 JUDGE = (
     "You check answers. Given paragraphs, a question and a proposed answer, reply 'yes' if the proposed "
@@ -28,6 +46,8 @@ def judge_request(state: QAState) -> ChatRequest:
         [Message.system(JUDGE), Message.user(body)],
         max_tokens=2,
         output=ChoiceOutput(("yes", "no")),
+        logprobs=True,  # P(yes) is read from the first token's alternatives
+        top_logprobs=JUDGE_TOP_LOGPROBS,
     )
 
 
@@ -36,7 +56,7 @@ async def answer(state: QAState, ctx: Ctx[QAState, QADeps]) -> dict[str, object]
     if state.notes:
         extra = "Earlier answers were rejected:\n" + "\n".join(state.notes) + "\nGive a different, better answer."
     req = answer_request(state, INSTRUCTIONS, max_tokens=ctx.deps.max_tokens, extra=extra)
-    return {**finished(await ctx.deps.model.complete(req)), "accepted": None}
+    return {**finished(await ask(ctx.deps, req)), "accepted": None, "verifier_p_yes": None}
 
 
 async def verify(state: QAState, ctx: Ctx[QAState, QADeps]) -> dict[str, object]:
@@ -51,9 +71,17 @@ async def verify(state: QAState, ctx: Ctx[QAState, QADeps]) -> dict[str, object]
     if deps.budget is not None and not deps.budget.can_afford(req, deps.verifier):
         return {"accepted": None, "degraded": True}
     verdict = await deps.verifier.complete(req)
+    try:
+        p_yes: float | None = yes_probability(verdict, source=f"verifier {deps.verifier.name!r}")
+    except ConfidenceError:
+        p_yes = None  # no logprobs from this server: the verdict still decides
     if str(verdict.parsed) == "yes":
-        return {"accepted": True}
-    return {"accepted": False, "notes": [f"- {state.answer!r}: a checker judged it wrong"]}
+        return {"accepted": True, "verifier_p_yes": p_yes}
+    return {
+        "accepted": False,
+        "verifier_p_yes": p_yes,
+        "notes": [f"- {state.answer!r}: a checker judged it wrong"],
+    }
 
 
 def _route(state: QAState) -> str:

@@ -1,0 +1,154 @@
+"""Multi-hop retrieval: retrieve, find the bridge, retrieve again with it, then answer from all that was read.
+
+Single-shot BM25 ranks paragraphs by the question alone, but the second paragraph of a bridge question
+("the director of the film X") is about an entity the question never names. As in IRCoT and self-ask,
+each hop here retrieves with what the previous one found:
+
+    hop 1: BM25 picks `k` paragraphs for the question; the model names the bridge entity in them
+           (a short span: "Shirley Temple");
+    hop 2: BM25 picks `next_k` more paragraphs among those not yet read, for the question plus that
+           name (a paragraph titled with the name gets the title bonus), and so on up to `hops` hops;
+    then the reader (by default `direct`) answers from the union of what was read, in original order.
+
+Each hop leaves two lines in `state.notes`: `hop 1 read: ["Kiss and Tell (1945 film)", ...]` (titles,
+best first, as JSON) and `hop 1 found: Shirley Temple`; `hops_read(state)` and `hop_findings(state)`
+read them back. `agentflow.eval` measures them with supporting-paragraph recall per hop.
+
+    graph = build(k=2, next_k=1)                     # reads 3 paragraphs, 2 model calls
+    state, _ = await graph.run(QAState(question=q, paragraphs=paras), deps=QADeps(model=model))
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+
+from agentflow import END, START, ChoiceOutput, ConfigError, Ctx, Graph, GraphBuilder, StructuredOutputError
+from agentflow.eval import Paragraph, top_paragraphs
+
+from . import direct
+from ._common import QADeps, QAState, answer_request, clean_answer
+
+__all__ = ["BRIDGE", "BRIDGE_CHOICE", "build", "hop_findings", "hops_read", "next_hop", "retriever"]
+
+BRIDGE = (
+    "The question needs two facts. Use the paragraphs to find the first one: the person, place, work or "
+    "thing the question describes without naming it. Reply with only its name."
+)
+"""What the model is asked after a hop: the name the next hop should look up."""
+
+BRIDGE_CHOICE = (
+    "The question needs two facts. Use the paragraphs to find the first one, then pick the page to read next "
+    "for the second. Reply with only one of the titles listed."
+)
+"""With `choose=True`: the model picks the next page among the titles not read yet (constrained decoding)."""
+
+_CHOICE_TOKENS = 64  # room for the longest title; the constraint ends the answer at the title's end
+_READ = re.compile(r"^hop (\d+) read: (\[.*\])$")
+_FOUND = re.compile(r"^hop (\d+) found: (.*)$")
+
+
+def next_hop(
+    question: str,
+    paragraphs: Sequence[Paragraph],
+    read: Sequence[Paragraph],
+    findings: Sequence[str],
+    k: int,
+) -> list[Paragraph]:
+    """The k paragraphs not yet read that BM25 ranks best for the question plus what earlier hops found
+    (best first). With nothing found yet this is plain retrieval for the question."""
+    unread = [p for p in paragraphs if p not in read]
+    if not unread:
+        return []
+    query = " ".join([question, *(f for f in findings if f)])
+    return top_paragraphs(query, unread, k)
+
+
+def hops_read(state: QAState) -> list[list[str]]:
+    """The titles each hop read, best first, from the state's notes."""
+    return [json.loads(m.group(2)) for m in map(_READ.match, state.notes) if m]
+
+
+def hop_findings(state: QAState) -> list[str]:
+    """What the model found after each hop (the bridge names), from the state's notes."""
+    return [m.group(2) for m in map(_FOUND.match, state.notes) if m]
+
+
+def retriever(
+    *, k: int = 2, next_k: int = 1, hops: int = 2, choose: bool = False, instructions: str | None = None
+) -> Graph[QAState, QADeps]:
+    """The hops alone: on return `state.context` holds every paragraph read, in original order.
+
+    After each hop but the last the model names the bridge in free text (`BRIDGE`), or, with
+    `choose=True`, picks one of the titles not read yet, constrained to that list (`BRIDGE_CHOICE`;
+    the model server must support choice constraints). `instructions` replaces that system prompt."""
+    if k < 1 or next_k < 1:
+        raise ConfigError(f"each hop must read at least one paragraph, got k={k}, next_k={next_k}")
+    if not 1 <= hops <= 4:
+        raise ConfigError(f"hops must be 1..4, got {hops}: two hops cover HotpotQA's bridge questions")
+
+    def hop(state: QAState) -> dict[str, object]:
+        done = len(hops_read(state))
+        read = list(state.context or []) if done else []
+        new = next_hop(state.question, state.paragraphs, read, hop_findings(state), k if done == 0 else next_k)
+        chosen = [p for p in state.paragraphs if p in read or p in new]  # original order
+        return {"context": chosen, "notes": [f"hop {done + 1} read: {json.dumps([p.title for p in new])}"]}
+
+    system = instructions or (BRIDGE_CHOICE if choose else BRIDGE)
+
+    async def bridge(state: QAState, ctx: Ctx[QAState, QADeps]) -> dict[str, object]:
+        found = hop_findings(state)
+        extra = ("Found so far: " + "; ".join(found)) if found else ""
+        note = f"hop {len(found) + 1} found: "
+        if not choose:
+            req = answer_request(state, system, max_tokens=ctx.deps.max_tokens, extra=extra)
+            return {"notes": [note + clean_answer((await ctx.deps.model.complete(req)).text)]}
+        read = state.context or []
+        titles = tuple(dict.fromkeys(p.title for p in state.paragraphs if p not in read))
+        if not titles:
+            return {"notes": [note]}
+        extra = "\n".join([*([extra] if extra else []), "Titles not read yet:", *titles])
+        req = answer_request(state, system, max_tokens=_CHOICE_TOKENS, extra=extra, output=ChoiceOutput(titles))
+        try:
+            c = await ctx.deps.model.complete(req)
+        except StructuredOutputError:
+            return {"notes": [note]}  # no usable pick: the next hop retrieves for the question alone
+        return {"notes": [note + (c.parsed if isinstance(c.parsed, str) else clean_answer(c.text))]}
+
+    def after_hop(state: QAState) -> str:
+        return "bridge" if len(hops_read(state)) < hops else END
+
+    g: GraphBuilder[QAState, QADeps] = GraphBuilder(QAState, deps=QADeps, name=f"hops{hops}")
+    g.add_node("hop", hop, max_visits=hops)
+    g.add_node("bridge", bridge, max_visits=max(1, hops - 1))
+    g.add_edge(START, "hop")
+    g.add_conditional_edges("hop", after_hop, targets=["bridge", END])
+    g.add_edge("bridge", "hop")
+    return g.compile()
+
+
+def _fresh(state: QAState) -> QAState:
+    # The reader starts without the hop notes (decompose counts its own notes).
+    return state.model_copy(update={"notes": [], "samples": []})
+
+
+def _back(final: QAState) -> dict[str, object]:
+    return {k: getattr(final, k) for k in type(final).model_fields if k not in ("question", "paragraphs")}
+
+
+def build(
+    *,
+    k: int = 2,
+    next_k: int = 1,
+    hops: int = 2,
+    choose: bool = False,
+    instructions: str | None = None,
+    reader: Graph[QAState, QADeps] | None = None,
+) -> Graph[QAState, QADeps]:
+    """Multi-hop retrieval (see `retriever`), then `reader` (default: `direct`) answers from everything read."""
+    g: GraphBuilder[QAState, QADeps] = GraphBuilder(QAState, deps=QADeps, name=f"multihop{hops}")
+    g.add_node("hops", retriever(k=k, next_k=next_k, hops=hops, choose=choose, instructions=instructions))
+    g.add_node("read", reader or direct.build(), input=_fresh, output=_back)
+    g.add_sequence(START, "hops", "read", END)
+    return g.compile()
