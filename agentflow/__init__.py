@@ -8,6 +8,7 @@ and is itself a model; a `Budget` caps what any run may spend and shows the bill
 from ._bill import Bill, ModelBill
 from ._budget import Budget, BudgetedModel, BudgetLimits
 from ._calibration import Thresholds, calibrate
+from ._cascade import Cascade, CascadeResult, Rung, RungDecision, StateScore
 from ._catalog import ModelSpec, PyPISource, get_model, list_models, register_model
 from ._checkpoint import Checkpoint, CheckpointStore, MemoryCheckpointer, SqliteCheckpointer
 from ._client import ModelClient
@@ -21,7 +22,10 @@ from ._confidence import (
     MinOf,
     TokenProb,
     Verifier,
+    answers_agree,
     estimator,
+    normalize_answer,
+    yes_probability,
 )
 from ._config import DEFAULT_RETRY, NO_RETRY, RetryPolicy
 from ._events import (
@@ -43,6 +47,22 @@ from ._exceptions import *  # noqa: F403
 from ._exceptions import __all__ as _errors
 from ._graph import END, START, Append, Graph, GraphBuilder, Reducer, RunResult
 from ._graph_plan import Ctx, NodeRetry
+from ._learned import (
+    FEATURE_NAMES,
+    AgreementShare,
+    AnswerTokenProb,
+    HasSignals,
+    LearnedConfidence,
+    Signals,
+    StateConfidence,
+    StateMax,
+    StateMean,
+    StateMin,
+    VerifierYes,
+    auroc,
+    features,
+    signals_of,
+)
 from ._mermaid import load_graph
 from ._router import RouteDecision, Router
 from ._types import (
@@ -63,16 +83,21 @@ __all__ = [
     *_errors,
     "DEFAULT_RETRY",
     "END",
+    "FEATURE_NAMES",
     "NO_RETRY",
     "START",
     "Agreement",
+    "AgreementShare",
+    "AnswerTokenProb",
     "Append",
     "Bill",
     "Budget",
     "BudgetLimits",
     "BudgetedModel",
-    "Checkpoint",
+    "Cascade",
+    "CascadeResult",
     "ChatRequest",
+    "Checkpoint",
     "CheckpointStore",
     "ChoiceOutput",
     "Completion",
@@ -84,8 +109,10 @@ __all__ = [
     "Event",
     "Graph",
     "GraphBuilder",
+    "HasSignals",
     "JsonOutput",
     "JsonlTraceWriter",
+    "LearnedConfidence",
     "Listener",
     "MaxOf",
     "Mean",
@@ -109,7 +136,15 @@ __all__ = [
     "RunFinished",
     "RunRecord",
     "RunResult",
+    "Rung",
+    "RungDecision",
+    "Signals",
     "SqliteCheckpointer",
+    "StateConfidence",
+    "StateMax",
+    "StateMean",
+    "StateMin",
+    "StateScore",
     "StateUpdated",
     "StepRecord",
     "Thresholds",
@@ -117,12 +152,19 @@ __all__ = [
     "TokenProb",
     "Usage",
     "Verifier",
+    "VerifierYes",
+    "answers_agree",
+    "auroc",
     "calibrate",
     "emit",
     "estimator",
+    "features",
     "get_model",
     "list_models",
     "load_graph",
+    "normalize_answer",
     "observe",
     "register_model",
+    "signals_of",
+    "yes_probability",
 ]

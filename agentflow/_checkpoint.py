@@ -11,16 +11,16 @@ engine's run into a checkpoint and back.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
+from . import _sqlite
 from ._events import StepRecord
 from ._exceptions import CheckpointError
 from ._graph_plan import Overwrite, decode_update
@@ -52,35 +52,15 @@ class Checkpoint:
     status: Status = "running"
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "run_id": self.run_id,
-                "graph": self.graph,
-                "step": self.step,
-                "state": self.state,
-                "frontier": list(self.frontier),
-                "arrivals": self.arrivals,
-                "done": self.done,
-                "usage": [self.usage.requests, self.usage.prompt_tokens, self.usage.completion_tokens],
-                "status": self.status,
-            }
-        )
+        """The checkpoint as one JSON object (without `new_steps`, which a store keeps apart)."""
+        return _ADAPTER.dump_json(self, exclude={"new_steps"}).decode()
 
     @staticmethod
     def from_json(text: str, steps: tuple[StepRecord, ...]) -> Checkpoint:
-        d = json.loads(text)
-        return Checkpoint(
-            run_id=d["run_id"],
-            graph=d["graph"],
-            step=d["step"],
-            state=d["state"],
-            frontier=tuple(d["frontier"]),
-            arrivals=d["arrivals"],
-            done=d["done"],
-            new_steps=steps,
-            usage=Usage(*d["usage"]),
-            status=d["status"],
-        )
+        return replace(_ADAPTER.validate_json(text), new_steps=steps)
+
+
+_ADAPTER: TypeAdapter[Checkpoint] = TypeAdapter(Checkpoint)
 
 
 @runtime_checkable
@@ -134,10 +114,7 @@ class SqliteCheckpointer:
         self.path = Path(path)
         self._lock = threading.Lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db = _sqlite.connect(self.path, any_thread=True)  # the lock below serialises access
             self._db.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as e:
             raise CheckpointError(

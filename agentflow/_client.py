@@ -23,7 +23,7 @@ from typing import Any, TypeVar, overload
 
 import httpx
 from pydantic import SecretStr
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.stop import stop_base
 
 from ._config import (
@@ -77,21 +77,20 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, ModelError) and exc.retryable
 
 
-class _StopAfterTotal(stop_base):
-    """Stop when the next wait would end past `max_total_s` since `start`, or a Retry-After is too long."""
+def _retry_after(state: RetryCallState) -> float:
+    """The Retry-After (seconds) of the HTTP 429 that ended the last attempt; 0 for any other failure."""
+    exc = state.outcome.exception() if state.outcome is not None else None
+    return exc.retry_after if isinstance(exc, RateLimitedError) and exc.retry_after else 0.0
 
-    def __init__(self, policy: RetryPolicy, clock: Callable[[], float], start: float) -> None:
-        self._policy = policy
-        self._clock = clock
-        self._start = start
+
+class _RetryAfterOver(stop_base):
+    """A tenacity stop: the server asks to wait (Retry-After) longer than `limit` seconds."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
 
     def __call__(self, retry_state: RetryCallState) -> bool:
-        exc = retry_state.outcome.exception() if retry_state.outcome is not None else None
-        if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
-            if exc.retry_after > self._policy.max_retry_after_s:
-                return True
-        elapsed = self._clock() - self._start
-        return elapsed + retry_state.upcoming_sleep > self._policy.max_total_s
+        return _retry_after(retry_state) > self.limit
 
 
 class ModelClient:
@@ -354,18 +353,20 @@ class ModelClient:
         """POST `body` to `path` with retries; the decoded JSON body of the answer."""
         url = self._base + path
         policy = self._retry
-        start = self._clock()
+        clock = self._clock
+        start = clock()
         attempts = 0
+        backoff = policy.backoff()
 
-        def wait(state: RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome is not None else None
-            retry_after = exc.retry_after if isinstance(exc, RateLimitedError) and exc.retry_after else 0.0
-            return max(retry_after, policy.backoff(state.attempt_number))
+        def on_this_clock(state: RetryCallState) -> None:
+            # tenacity times attempts with time.monotonic; stop_before_delay is to count on the clock given here
+            state.start_time, state.outcome_timestamp = start, clock()
 
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(policy.max_attempts) | _StopAfterTotal(policy, self._clock, start),
-            wait=wait,
+            stop=policy.stop() | _RetryAfterOver(policy.max_retry_after_s),
+            wait=lambda state: max(_retry_after(state), backoff(state)),
             retry=retry_if_exception(_retryable),
+            after=on_this_clock,
             sleep=self._sleep,
             reraise=True,
         )

@@ -18,6 +18,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from ._checkpoint import CheckpointStore, restore_run, save_run
 from ._events import (
@@ -41,6 +42,7 @@ from ._graph_plan import (
     CycleLimitError,
     NodeFailedError,
     NodePlan,
+    NodeRetry,
     Overwrite,
     Plan,
     as_update,
@@ -53,6 +55,8 @@ __all__ = ["RunState", "execute"]
 
 _T = TypeVar("_T")
 _ZERO = Usage()
+_perf = time.perf_counter
+_set_cell, _reset_cell = NODE_USAGE.set, NODE_USAGE.reset
 
 
 class RunState:
@@ -86,25 +90,10 @@ class RunState:
 # --- calling a node ----------------------------------------------------------------------------------
 
 
-async def _invoke(node: NodePlan, state: BaseModel, run: RunState, visit: int) -> Any:
-    if node.sub is not None:
-        return await _call_subgraph(node, state, run)
-    fn = node.fn
-    assert fn is not None
-    if node.takes_ctx:
-        out = fn(state, Ctx(state, run.deps, run.run_id, node.name, visit))
-    else:
-        out = fn(state)
-    if node.is_async:
-        out = await out
-    return out
-
-
-async def _invoke_timed(node: NodePlan, state: BaseModel, run: RunState, visit: int) -> Any:
-    if node.timeout is None:
-        return await _invoke(node, state, run, visit)
-    async with asyncio.timeout(node.timeout):
-        return await _invoke(node, state, run, visit)
+def _start(node: NodePlan, state: BaseModel, run: RunState, visit: int) -> Any:
+    """Call the node's function: its result, or (an async node) the awaitable of it."""
+    fn: Any = node.fn
+    return fn(state, Ctx(state, run.deps, run.run_id, node.name, visit)) if node.takes_ctx else fn(state)
 
 
 def _describe(node: NodePlan, e: BaseException, attempts: int) -> str:
@@ -123,28 +112,21 @@ def _describe(node: NodePlan, e: BaseException, attempts: int) -> str:
     return f"{what}{tries}; {fix}"
 
 
-def _report(run: RunState, node: NodePlan, e: BaseException, attempts: int) -> None:
+def _failed(run: RunState, node: NodePlan, e: Exception, attempts: int) -> NodeFailedError:
+    """The error for a node that raised `e` after `attempts` attempts (reported to the listeners first)."""
+    message = _describe(node, e, attempts)
     if run.bus.listeners:
-        run.bus.send(ErrorEvent(run.run_id, node.name, run.step, _describe(node, e, attempts), attempts, True))
+        run.bus.send(ErrorEvent(run.run_id, node.name, run.step, message, attempts, True))
+    return NodeFailedError(node.name, message)
 
 
-async def call_node(node: NodePlan, state: BaseModel, run: RunState, visit: int) -> tuple[dict[str, Any], int]:
-    """Run one node with its timeout and retry policy; returns its update and the attempts used."""
-    if node.retry is None:
-        try:
-            out = await _invoke_timed(node, state, run, visit)
-        except Exception as e:
-            _report(run, node, e, 1)
-            raise NodeFailedError(node.name, _describe(node, e, 1)) from e
-        return as_update(node.name, out, state), 1
-    return await _call_with_retry(node, state, run, visit)
+_ONCE = NodeRetry(max_attempts=1)
 
 
-async def _call_with_retry(node: NodePlan, state: BaseModel, run: RunState, visit: int) -> tuple[dict[str, Any], int]:
-    from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential
-
-    policy = node.retry
-    assert policy is not None
+async def _call_guarded(node: NodePlan, state: BaseModel, run: RunState, visit: int) -> tuple[Any, int]:
+    """A node with a timeout, retries or a subgraph: each attempt under its timeout, retried by its NodeRetry
+    (tenacity). Returns what it returned and the attempts used."""
+    policy = node.retry or _ONCE
 
     def before_sleep(rs: RetryCallState) -> None:
         if run.bus.listeners and rs.outcome is not None:
@@ -154,12 +136,8 @@ async def _call_with_retry(node: NodePlan, state: BaseModel, run: RunState, visi
                 run.bus.send(ErrorEvent(run.run_id, node.name, run.step, msg, rs.attempt_number, False))
 
     retrying = AsyncRetrying(
-        stop=stop_after_attempt(policy.max_attempts),
-        wait=policy.wait
-        if policy.wait is not None
-        else wait_exponential(
-            multiplier=policy.initial_backoff_s, max=policy.max_backoff_s, exp_base=policy.multiplier
-        ),
+        stop=policy.stop(),
+        wait=policy.wait if policy.wait is not None else policy.backoff(),
         retry=retry_if_exception(policy.should_retry),
         reraise=True,
         before_sleep=before_sleep,
@@ -170,11 +148,16 @@ async def _call_with_retry(node: NodePlan, state: BaseModel, run: RunState, visi
         async for attempt in retrying:
             with attempt:
                 attempts = attempt.retry_state.attempt_number
-                out = await _invoke_timed(node, state, run, visit)
+                async with asyncio.timeout(node.timeout):  # None: no timeout
+                    if node.sub is not None:
+                        out = await _call_subgraph(node, state, run)
+                    else:
+                        out = _start(node, state, run, visit)
+                        if node.is_async:
+                            out = await out
     except Exception as e:
-        _report(run, node, e, attempts)
-        raise NodeFailedError(node.name, _describe(node, e, attempts)) from e
-    return as_update(node.name, out, state), attempts
+        raise _failed(run, node, e, attempts) from e
+    return out, attempts
 
 
 async def _call_subgraph(node: NodePlan, state: BaseModel, parent: RunState) -> Any:
@@ -281,31 +264,31 @@ def _spawn(coro: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
 # --- the loop ----------------------------------------------------------------------------------------
 
 
-async def _run_one(run: RunState, name: str, state: BaseModel, visit: int) -> tuple[dict[str, Any], StepRecord]:
-    node = run.plan.nodes[name]
+async def _run_one(run: RunState, node: NodePlan, state: BaseModel, visit: int) -> tuple[dict[str, Any], StepRecord]:
+    """Run one node (every node runs through here): its events, the model usage reported while it runs, its
+    timing. Returns its update and its step."""
     listeners = run.bus.listeners
+    name = node.name
     if listeners:
         run.bus.send(NodeStarted(run.run_id, name, run.step, visit))
     cell = [_ZERO]  # model usage reported while this node runs
-    token = NODE_USAGE.set(cell)
-    t = time.perf_counter()
+    token = _set_cell(cell)
+    t = _perf()
     try:
-        fn = node.fn
-        if node.simple and fn is not None:  # no retry, no timeout, not a subgraph: call it inline
+        if node.simple:  # a function without timeout or retries: called right here
             try:
-                out = fn(state, Ctx(state, run.deps, run.run_id, name, visit)) if node.takes_ctx else fn(state)
+                out = _start(node, state, run, visit)
                 if node.is_async:
                     out = await out
             except Exception as e:
-                _report(run, node, e, 1)
-                raise NodeFailedError(name, _describe(node, e, 1)) from e
-            update = out if type(out) is dict else as_update(name, out, state)
+                raise _failed(run, node, e, 1) from e
             attempts = 1
         else:
-            update, attempts = await call_node(node, state, run, visit)
+            out, attempts = await _call_guarded(node, state, run, visit)
     finally:
-        NODE_USAGE.reset(token)
-    t1 = time.perf_counter()
+        _reset_cell(token)
+    t1 = _perf()
+    update = out if type(out) is dict else as_update(name, out, state)
     if listeners:
         if update:
             run.bus.send(StateUpdated(run.run_id, name, run.step, update))
@@ -316,18 +299,12 @@ async def _run_one(run: RunState, name: str, state: BaseModel, visit: int) -> tu
 async def run_steps(
     run: RunState, state: BaseModel, frontier: tuple[str, ...], done: dict[str, dict[str, Any]]
 ) -> BaseModel:
-    """Walk the plan from `frontier` until every branch has reached END. Returns the final state.
-
-    The one-node step is the hot path: a plain node without retry, timeout or listeners is called inline."""
+    """Walk the plan from `frontier` until every branch has reached END. Returns the final state."""
     plan = run.plan
     nodes = plan.nodes
     visits = run.visits
     steps = run.record.steps
     store = run.store
-    listeners = run.bus.listeners
-    perf = time.perf_counter
-    t0 = run.t0
-    set_cell, reset_cell = NODE_USAGE.set, NODE_USAGE.reset
     while frontier:
         if len(frontier) != 1:
             if plan.bounded:
@@ -345,31 +322,11 @@ async def run_steps(
             continue
         visits[name] = visit
         ran = name not in done
-        fn = node.fn
         if not ran:
             update = done.pop(name)
-        elif node.simple and not listeners and fn is not None:
-            cell = [_ZERO]  # model usage reported while this node runs
-            token = set_cell(cell)
-            t = perf()
-            try:
-                out = fn(state, Ctx(state, run.deps, run.run_id, name, visit)) if node.takes_ctx else fn(state)
-                if node.is_async:
-                    out = await out
-                update = out if type(out) is dict else as_update(name, out, state)
-            except Exception as e:
-                err = e if isinstance(e, NodeFailedError) else NodeFailedError(name, _describe(node, e, 1))
-                err.record, err.state = run.record, state
-                if err is e:
-                    raise
-                raise err from e
-            finally:
-                reset_cell(token)
-            t1 = perf()
-            steps.append(StepRecord(name, run.step, visit, t - t0, t1 - t, 1, cell[0]))
         else:
             try:
-                update, rec = await _run_one(run, name, state, visit)
+                update, rec = await _run_one(run, node, state, visit)
             except NodeFailedError as e:
                 e.record, e.state = run.record, state
                 raise
@@ -409,6 +366,7 @@ async def _fan_out(
 ) -> tuple[tuple[str, ...], BaseModel]:
     """One step with several nodes: run them concurrently on the same state, merge in declaration order."""
     plan = run.plan
+    nodes = plan.nodes
     store = run.store
     visit_of: dict[str, int] = {}
     for name in frontier:
@@ -421,10 +379,10 @@ async def _fan_out(
 
     async def one(name: str) -> tuple[dict[str, Any], StepRecord]:
         if sem is None:
-            out = await _run_one(run, name, state, visit_of[name])
+            out = await _run_one(run, nodes[name], state, visit_of[name])
         else:
             async with sem:
-                out = await _run_one(run, name, state, visit_of[name])
+                out = await _run_one(run, nodes[name], state, visit_of[name])
         if store is not None:
             assert lock is not None
             async with lock:  # one save at a time, each with everything finished so far
@@ -437,7 +395,6 @@ async def _fan_out(
     # async nodes get tasks, awaited one by one (they all run meanwhile): cheaper than gather, and errors
     # come in frontier order.
     direct = sem is None and store is None
-    nodes = plan.nodes
     here: list[str] = []
     waiting: list[str] = []
     for n in frontier:
@@ -445,13 +402,13 @@ async def _fan_out(
             (here if nodes[n].inline else waiting).append(n)
     here.extend(waiting[:1])
     create = _spawn if _EAGER else asyncio.get_running_loop().create_task
-    tasks = [(n, create(_run_one(run, n, state, visit_of[n]) if direct else one(n))) for n in waiting[1:]]
+    tasks = [(n, create(_run_one(run, nodes[n], state, visit_of[n]) if direct else one(n))) for n in waiting[1:]]
     errors: dict[str, Exception] = {}
     try:
         for name in here:
             try:
                 if direct:
-                    finished[name], records[name] = await _run_one(run, name, state, visit_of[name])
+                    finished[name], records[name] = await _run_one(run, nodes[name], state, visit_of[name])
                 else:
                     finished[name], records[name] = await one(name)
             except Exception as e:

@@ -12,14 +12,13 @@ run record knows what the models cost.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any, Literal, NamedTuple
 
-from pydantic_core import to_json, to_jsonable_python
+from pydantic_core import to_json
 
 from ._types import ChatRequest, Completion, Model, Usage
 
@@ -175,20 +174,6 @@ _BUS: ContextVar[RunBus | None] = ContextVar("agentflow_run_bus", default=None)
 NODE_USAGE: ContextVar[list[Usage] | None] = ContextVar("agentflow_node_usage", default=None)
 
 
-def current_bus() -> RunBus | None:
-    return _BUS.get()
-
-
-@contextmanager
-def bound(bus: RunBus) -> Iterator[RunBus]:
-    """Make `bus` the current run's bus for the duration of the block."""
-    token = _BUS.set(bus)
-    try:
-        yield bus
-    finally:
-        _BUS.reset(token)
-
-
 # Set by an observe() wrapper while its model runs: a ModelCallEvent sent from inside (a ModelClient reports
 # its own calls) marks it, and the wrapper then stays quiet, so a call is never counted twice.
 _REPORTED: ContextVar[list[bool] | None] = ContextVar("agentflow_reported", default=None)
@@ -224,12 +209,6 @@ def _event_dict(event: Event) -> dict[str, Any]:
     for n in names:
         out[n] = getattr(event, n)
     return out
-
-
-def event_to_json(event: Event) -> dict[str, Any]:
-    """An event as JSON-able data: {"event": its type, "ts": unix time, ...its fields}."""
-    jsonable: dict[str, Any] = to_jsonable_python(_event_dict(event), fallback=repr)
-    return jsonable
 
 
 class JsonlTraceWriter:

@@ -24,8 +24,7 @@ Every error says what was wrong and how to fix it.
     ├── GraphValidationError        a graph that is wrong before anything runs (build time)
     ├── GraphRunError               a graph that went wrong while running
     │   ├── RoutingError            a conditional edge returned an undeclared node
-    │   ├── NodeError               a node raised, or ran out of its retries or timeout
-    │   │   └── NodeFailedError     ... carrying the run record and state of what completed
+    │   ├── NodeFailedError         a node raised, timed out or ran out of retries (holds what completed)
     │   ├── CycleLimitError         a bounded node reached past max_visits with no on_exhausted
     │   └── CheckpointError         a checkpoint could not be written or read back
     └── BudgetExceeded              a call would break a budget limit (spent, asked, limit)
@@ -54,7 +53,6 @@ __all__ = [
     "ModelError",
     "ModelFileError",
     "ModelTimeoutError",
-    "NodeError",
     "NodeFailedError",
     "RateLimitedError",
     "RequestRejectedError",
@@ -239,19 +237,13 @@ class RoutingError(GraphRunError):
         )
 
 
-class NodeError(GraphRunError):
-    """A node raised, or ran out of its retries or its timeout."""
-
-    def __init__(self, node: str, message: str) -> None:
-        self.node = node
-        super().__init__(f"node {node!r}: {message}")
-
-
-class NodeFailedError(NodeError):
-    """A node raised, timed out or ran out of retries. `record` and `state` hold what completed before."""
+class NodeFailedError(GraphRunError):
+    """A node raised, timed out or ran out of retries. `node` names it; `record` and `state` hold what
+    completed before."""
 
     def __init__(self, node: str, message: str, *, record: Any = None, state: Any = None) -> None:
-        super().__init__(node, message)
+        super().__init__(f"node {node!r}: {message}")
+        self.node = node
         self.record = record
         self.state = state
 

@@ -8,12 +8,14 @@ and applies each field's rule (replace, `Append()`, `Reducer(fn)`).
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, TypeAdapter
 
+from ._config import _Retry
 from ._exceptions import BudgetExceeded, ConfigError, CycleLimitError, ModelError, NodeFailedError
 
 __all__ = [
@@ -49,8 +51,10 @@ def _default_retry_on() -> tuple[type[BaseException], ...]:
 
 
 @dataclass(frozen=True, slots=True)
-class NodeRetry:
-    """A node's retry policy (tenacity): up to `max_attempts` tries (the first included), waiting
+class NodeRetry(_Retry):
+    """A node's retry policy: the bounds and backoff of a `RetryPolicy` (tenacity's `stop_after_attempt`,
+    `stop_before_delay` and `wait_exponential`): up to `max_attempts` tries (the first included), none started
+    whose wait would end `max_total_s` or more after the first (no limit by default), waiting
     `initial_backoff_s * multiplier**(n-1)` seconds (at most `max_backoff_s`) before try n+1.
 
     Only exceptions in `retry_on` are retried, and never a ConfigError, a BudgetExceeded, or a ModelError
@@ -61,20 +65,11 @@ class NodeRetry:
     Named apart from `RetryPolicy`, which retries one HTTP request inside the model client."""
 
     max_attempts: int = 3
-    initial_backoff_s: float = 0.5
-    multiplier: float = 2.0
+    max_total_s: float = math.inf
     max_backoff_s: float = 10.0
     retry_on: tuple[type[BaseException], ...] = field(default_factory=_default_retry_on)
     wait: Any = None
     sleep: Callable[[float], Awaitable[None]] | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ConfigError(
-                f"NodeRetry(max_attempts={self.max_attempts}) must be at least 1 (1 means no retry): pass 1 or more"
-            )
-        if self.initial_backoff_s < 0 or self.max_backoff_s < 0:
-            raise ConfigError("NodeRetry backoffs must not be negative: pass 0 or more")
 
     def should_retry(self, e: BaseException) -> bool:
         if not isinstance(e, self.retry_on) or isinstance(e, ConfigError | BudgetExceeded):

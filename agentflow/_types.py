@@ -139,6 +139,14 @@ class Usage:
             self.completion_tokens + other.completion_tokens,
         )
 
+    def to_dict(self) -> dict[str, int]:
+        """`{"requests": ..., "prompt_tokens": ..., "completion_tokens": ...}`, for JSON records and metadata."""
+        return {
+            "requests": self.requests,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Completion:

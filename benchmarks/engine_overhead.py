@@ -26,9 +26,16 @@ from typing import Annotated, Any, TypedDict
 
 from pydantic import BaseModel
 
-from agentflow._checkpoint import MemoryCheckpointer, SqliteCheckpointer
-from agentflow._events import JsonlTraceWriter
-from agentflow._graph import END, START, Append, Graph, GraphBuilder
+from agentflow import (
+    END,
+    START,
+    Append,
+    Graph,
+    GraphBuilder,
+    JsonlTraceWriter,
+    MemoryCheckpointer,
+    SqliteCheckpointer,
+)
 
 Runner = Callable[[], Awaitable[Any]]
 

@@ -9,6 +9,7 @@ import time
 
 import httpx
 import pytest
+from tenacity import AsyncRetrying, RetryCallState, stop_before_delay
 
 from agentflow import ChatRequest, Message, Usage
 from agentflow._client import ModelClient
@@ -489,7 +490,26 @@ def test_retry_policy_validates() -> None:
         RetryPolicy(max_attempts=0)
     with pytest.raises(ConfigError, match="multiplier"):
         RetryPolicy(multiplier=0.5)
-    assert RetryPolicy(initial_backoff_s=1, max_backoff_s=5).backoff(10) == 5
+    with pytest.raises(ConfigError, match=r"max_retry_after_s=-1\) must not be negative"):
+        RetryPolicy(max_retry_after_s=-1)
+
+
+def test_tenacity_times_stop_before_delay_by_the_fields_the_client_sets() -> None:
+    # ModelClient puts its own clock's times on tenacity's state (start_time, outcome_timestamp), so that the total
+    # bound counts on the clock it was given: a tenacity that measured elapsed time otherwise must fail here
+    state = RetryCallState(AsyncRetrying(), None, (), {})
+    state.start_time, state.outcome_timestamp, state.upcoming_sleep = 100.0, 103.0, 2.0
+    assert stop_before_delay(5)(state) and not stop_before_delay(5.5)(state)
+
+
+def test_retry_policy_backoff_is_tenacitys_wait_exponential() -> None:
+    state = RetryCallState(AsyncRetrying(), None, (), {})
+    policy = RetryPolicy(initial_backoff_s=1, multiplier=3, max_backoff_s=5)
+    waits = []
+    for attempt in (1, 2, 3, 10):
+        state.attempt_number = attempt
+        waits.append(policy.backoff()(state))
+    assert waits == [1, 3, 5, 5]
 
 
 def test_parse_retry_after() -> None:

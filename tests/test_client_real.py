@@ -8,7 +8,6 @@ Skipped (saying how to enable them) without `pip install 'agentflow[local,smoke-
 from __future__ import annotations
 
 import enum
-import re
 from typing import Any, Literal
 
 import pytest
@@ -18,7 +17,7 @@ import serving
 from agentflow._client import ModelClient
 from agentflow._config import NO_RETRY
 from agentflow._exceptions import RequestRejectedError, StructuredOutputError
-from agentflow._types import ChoiceOutput, RegexOutput
+from agentflow._types import ChoiceOutput
 
 pytestmark = pytest.mark.real_model
 
@@ -31,18 +30,6 @@ class Colour(enum.Enum):
 class Town(BaseModel):
     name: str = Field(max_length=24)
     founded: int = Field(ge=0, le=2100)
-
-
-async def test_regex_is_enforced_through_a_gbnf_grammar(smoke_client: Any) -> None:
-    value = await smoke_client.parse("Give a date.", RegexOutput(r"\d{4}-\d{2}-\d{2}"), max_tokens=16)
-    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", value)
-
-
-async def test_regex_with_quotes_brackets_and_non_ascii_is_a_valid_grammar(smoke_client: Any) -> None:
-    # an invalid grammar crashes llama-cpp-python's server: these must all parse
-    for pattern in (r"[\]\[^-]{2}", r'say "hi"', r"é{1,2}", r"\D\s?\w"):
-        value = await smoke_client.parse("Answer.", RegexOutput(pattern), max_tokens=8, structured_retries=0)
-        assert re.fullmatch(pattern, value)
 
 
 async def test_choices_literal_and_enum(smoke_client: Any) -> None:

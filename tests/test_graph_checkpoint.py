@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,7 +17,8 @@ import pytest
 from pydantic import BaseModel
 
 from agentflow._checkpoint import Checkpoint, CheckpointStore, MemoryCheckpointer, SqliteCheckpointer
-from agentflow._exceptions import CheckpointError, NodeError
+from agentflow._events import StepRecord
+from agentflow._exceptions import CheckpointError, NodeFailedError
 from agentflow._graph import END, START, Append, GraphBuilder
 from agentflow._types import Usage
 
@@ -148,7 +151,7 @@ async def test_crash_in_fan_out_resumes_only_the_failed_branch(tmp_path: Path, s
     ran: list[str] = []
     fail = {"y": True}
     graph = flaky_graph(fail, ran)
-    with pytest.raises(NodeError, match="y crashed"):
+    with pytest.raises(NodeFailedError, match="y crashed"):
         await graph.run(S(), run_id="r", checkpointer=store)
     assert sorted(ran) == ["a", "x", "y"]
     fail["y"] = False
@@ -165,7 +168,7 @@ async def test_run_with_existing_run_id_resumes(tmp_path: Path) -> None:
     ran: list[str] = []
     fail = {"z": True}
     graph = flaky_graph(fail, ran)
-    with pytest.raises(NodeError):
+    with pytest.raises(NodeFailedError):
         await graph.run(S(), run_id="same", checkpointer=store)
     fail["z"] = False
     ran.clear()
@@ -244,7 +247,7 @@ async def test_resumed_loop_keeps_its_visit_counts(tmp_path: Path) -> None:
     g.add_conditional_edges("check", lambda s: "gen", targets=["gen", END])
     graph = g.compile()
     store = SqliteCheckpointer(tmp_path / "c.db")
-    with pytest.raises(NodeError, match="crash in the second round"):
+    with pytest.raises(NodeFailedError, match="crash in the second round"):
         await graph.run(S(), run_id="loop-1", checkpointer=store)
     crash["on"] = False
     state, record = await graph.resume("loop-1", checkpointer=SqliteCheckpointer(tmp_path / "c.db"))
@@ -268,7 +271,7 @@ async def test_resumed_fan_out_keeps_a_finished_subgraph_result_as_it_was() -> N
     g.add_edge(START, ["sub", "bad"]).add_edge(["sub", "bad"], "join").add_edge("join", END)
     graph = g.compile()
     store = MemoryCheckpointer()
-    with pytest.raises(NodeError, match="bad crashed"):
+    with pytest.raises(NodeFailedError, match="bad crashed"):
         await graph.run(S(log=["start"]), run_id="p", checkpointer=store)
     crash["on"] = False
     state, _ = await graph.resume("p", checkpointer=store)
@@ -289,3 +292,26 @@ async def test_sqlite_keeps_each_steps_model_usage(tmp_path: Path) -> None:
     cp = await SqliteCheckpointer(tmp_path / "u.db").load("u")
     assert cp is not None and cp.usage == Usage(1, 7, 3) == record.usage
     assert [(s.node, s.usage) for s in cp.new_steps] == [("call", Usage(1, 7, 3)), ("after", Usage())]
+
+
+def test_a_checkpoint_is_one_readable_json_object_and_reads_back() -> None:
+    cp = Checkpoint(
+        "r1", "g", 3, {"a": [1, {"b": 2}]}, ("x", "y"), {"j": ["x"]}, {"y": {"overwrite": True, "update": {"a": []}}},
+        usage=Usage(1, 20, 3),
+    )  # fmt: skip
+    assert json.loads(cp.to_json()) == {
+        "run_id": "r1",
+        "graph": "g",
+        "step": 3,
+        "state": {"a": [1, {"b": 2}]},
+        "frontier": ["x", "y"],
+        "arrivals": {"j": ["x"]},
+        "done": {"y": {"overwrite": True, "update": {"a": []}}},
+        "usage": {"requests": 1, "prompt_tokens": 20, "completion_tokens": 3},
+        "status": "running",
+    }
+    assert Usage(1, 20, 3).to_dict() == {"requests": 1, "prompt_tokens": 20, "completion_tokens": 3}
+    steps = (StepRecord("x", 0, 1, 0.0, 0.1),)
+    assert Checkpoint.from_json(cp.to_json(), steps) == replace(cp, new_steps=steps)
+    with pytest.raises(ValueError, match="frontier"):
+        Checkpoint.from_json(cp.to_json().replace('"frontier":["x","y"]', '"frontier":7'), ())

@@ -10,10 +10,12 @@ import pytest
 from pydantic import BaseModel
 from tenacity import wait_none
 
-from agentflow import Ctx, CycleLimitError, NodeFailedError, NodeRetry
+from agentflow import Ctx, CycleLimitError, NodeFailedError, NodeRetry, RetryPolicy
+from agentflow._config import _Retry
 from agentflow._events import ErrorEvent, Event, NodeFinished, NodeStarted, RunFinished, StateUpdated
-from agentflow._exceptions import GraphRunError, NodeError, RoutingError
+from agentflow._exceptions import GraphRunError, RoutingError
 from agentflow._graph import END, START, Append, GraphBuilder, Reducer
+from agentflow._graph_plan import Plan, merge1
 
 
 class S(BaseModel):
@@ -101,13 +103,13 @@ def test_run_sync() -> None:
 
 async def test_unknown_field_is_a_node_error() -> None:
     graph = chain(lambda s: {"nope": 1}).compile()
-    with pytest.raises(NodeError, match=r"node 'n0': returned field 'nope', which S does not declare"):
+    with pytest.raises(NodeFailedError, match=r"node 'n0': returned field 'nope', which S does not declare"):
         await graph.run(S())
 
 
 async def test_wrong_return_type_is_a_node_error() -> None:
     graph = chain(lambda s: 42).compile()
-    with pytest.raises(NodeError, match=r"returned int, not an update"):
+    with pytest.raises(NodeFailedError, match=r"returned int, not an update"):
         await graph.run(S())
 
 
@@ -333,7 +335,7 @@ async def test_retry_until_success_reports_attempts_and_errors() -> None:
     assert finished[0].attempts == 3
 
 
-async def test_retry_waits_exponentially_with_injected_sleep() -> None:
+async def test_retry_waits_exponentially_within_its_bounds_with_injected_sleep() -> None:
     slept: list[float] = []
 
     async def fake_sleep(t: float) -> None:
@@ -349,11 +351,19 @@ async def test_retry_waits_exponentially_with_injected_sleep() -> None:
         await graph.compile().run(S())
     assert slept == [0.5, 1.0, 2.0]
     err = ei.value
-    assert isinstance(err, NodeError) and err.node == "n1"
+    assert isinstance(err, NodeFailedError) and err.node == "n1"
     assert "raised RuntimeError: down (after 4 attempts)" in str(err)
     assert isinstance(err.__cause__, RuntimeError)
     assert err.record is not None and err.record.nodes == ["n0"] and err.record.status == "error"
     assert err.state is not None and err.state.log == ["before"]
+    # NodeRetry has RetryPolicy's bounds (the same tenacity strategies): a wait that would end past
+    # max_total_s is not started, and the first one (4 s) already would
+    slept.clear()
+    bounded = NodeRetry(max_attempts=10, max_total_s=3, initial_backoff_s=4, sleep=fake_sleep)
+    assert isinstance(bounded, _Retry) and isinstance(RetryPolicy(), _Retry)
+    with pytest.raises(NodeFailedError, match=r"raised RuntimeError: down; fix the node"):
+        await chain(always, retry=bounded).compile().run(S())
+    assert slept == []
 
 
 async def test_retry_only_on_declared_exceptions() -> None:
@@ -365,7 +375,7 @@ async def test_retry_only_on_declared_exceptions() -> None:
         raise KeyError("x")
 
     graph = chain(wrong, retry=NodeRetry(max_attempts=5, wait=wait_none(), retry_on=(ConnectionError,))).compile()
-    with pytest.raises(NodeError):
+    with pytest.raises(NodeFailedError):
         await graph.run(S())
     assert calls == 1
 
@@ -386,7 +396,7 @@ async def test_non_retryable_model_errors_and_budget_are_not_retried() -> None:
             raise exc
 
         graph = chain(fail, retry=NodeRetry(max_attempts=3, wait=wait_none())).compile()
-        with pytest.raises(NodeError):
+        with pytest.raises(NodeFailedError):
             await graph.run(S())
         assert calls == expected_calls, type(exc).__name__
 
@@ -396,7 +406,7 @@ async def test_timeout_is_a_node_error() -> None:
         await asyncio.sleep(5)
 
     graph = chain(slow, timeout=0.02).compile()
-    with pytest.raises(NodeError, match=r"node 'n0': timed out after 0.02s; raise its timeout") as ei:
+    with pytest.raises(NodeFailedError, match=r"node 'n0': timed out after 0.02s; raise its timeout") as ei:
         await graph.run(S())
     assert isinstance(ei.value.__cause__, TimeoutError)
 
@@ -436,7 +446,7 @@ async def test_stream_raises_the_run_error_after_its_events() -> None:
 
     graph = chain(bad).compile()
     seen: list[str] = []
-    with pytest.raises(NodeError, match="nope"):
+    with pytest.raises(NodeFailedError, match="nope"):
         async for ev in graph.stream(S()):
             seen.append(type(ev).__name__)
     assert seen == ["NodeStarted", "ErrorEvent", "RunFinished"]
@@ -529,3 +539,24 @@ def test_node_retry_rejects_bad_settings() -> None:
 
     with pytest.raises(ConfigError, match=r"NodeRetry\(max_attempts=0\) must be at least 1"):
         NodeRetry(max_attempts=0)
+    with pytest.raises(ConfigError, match=r"NodeRetry\(max_total_s=-1\) must not be negative"):
+        NodeRetry(max_total_s=-1)
+
+
+def test_the_fast_state_copy_writes_every_private_field_pydantic_has() -> None:
+    # merging copies the state with _copy_with, which writes pydantic's private fields itself (model_copy is
+    # slower): a pydantic that adds or renames one must fail here, not in a run
+    assert BaseModel.__slots__ == ("__dict__", "__pydantic_fields_set__", "__pydantic_extra__", "__pydantic_private__")
+
+    class Loose(BaseModel, extra="allow"):
+        n: int = 0
+        log: list[str] = []
+
+    state = Loose(n=1, note="extra")
+    fast = merge1(Plan("p", Loose), state, "node", {"n": 2})
+    slow = state.model_copy(update={"n": 2})
+    assert fast == slow and fast is not state and state.n == 1
+    assert fast.model_fields_set == slow.model_fields_set == {"n", "note"}
+    assert fast.__pydantic_extra__ == slow.__pydantic_extra__ == {"note": "extra"}
+    assert fast.__pydantic_extra__ is not state.__pydantic_extra__
+    assert fast.model_dump() == {"n": 2, "log": [], "note": "extra"}

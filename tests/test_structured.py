@@ -16,7 +16,6 @@ from agentflow._structured import (
     Dialect,
     choices_gbnf,
     constraint_body,
-    regex_gbnf,
     schema_problem,
     structured_for,
 )
@@ -80,12 +79,21 @@ async def test_regex_on_vllm_sends_structured_outputs_regex() -> None:
     assert constraint_of(server.requests[0]) == {"structured_outputs": {"regex": r"\d{4}-\d{2}-\d{2}"}}
 
 
-async def test_regex_on_llama_cpp_is_a_gbnf_grammar() -> None:
-    server = FakeOpenAIServer(["2024-05-01"])
+async def test_regex_on_llama_cpp_is_a_string_schema_whose_quotes_are_taken_off() -> None:
+    # llama.cpp writes the match between quotes, unescaped: '"say "hi""' is the answer 'say "hi"'
+    server = FakeOpenAIServer(['"2024-05-01"', ' "say "hi"" '])
     async with make(server, "llama_cpp") as client:
-        value = await client.parse("A date?", RegexOutput(r"^\d{4}-\d{2}-\d{2}$"))
-    assert value == "2024-05-01"
-    assert constraint_of(server.requests[0]) == {"grammar": 'root ::= ([0-9]){4} "-" ([0-9]){2} "-" ([0-9]){2}\n'}
+        assert await client.parse("A date?", RegexOutput(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")) == "2024-05-01"
+        assert await client.parse("Say hi.", RegexOutput(r'say "hi"')) == 'say "hi"'
+    schema = {"type": "string", "pattern": "^([0-9]{4}-[0-9]{2}-[0-9]{2})$"}
+    assert constraint_of(server.requests[0]) == {"response_format": {"type": "json_object", "schema": schema}}
+
+
+async def test_regex_answer_on_llama_cpp_must_be_quoted_and_match_inside_the_quotes() -> None:
+    server = FakeOpenAIServer(["42", '" 42"', '"42"'])
+    async with make(server, "llama_cpp") as client:
+        assert await client.parse("x", RegexOutput("[0-9]+")) == "42"
+    assert server.calls == 3
 
 
 async def test_choices_on_vllm_send_structured_outputs_choice() -> None:
@@ -149,26 +157,23 @@ def test_lookarounds_and_backreferences_are_unsupported_everywhere(dialect: Dial
             constraint_body(RegexOutput(pattern), dialect)
 
 
-@pytest.mark.parametrize(
-    ("pattern", "grammar"),
-    [
-        (r"(?:ab|c)+?x*", 'root ::= (("ab" | "c"))+ ("x")*'),
-        (r"^(yes|no)$", 'root ::= (("yes" | "no"))'),
-        (r"[^\d,a-c]", "root ::= [^0-9,a-c]"),
-        (r"\D+\s?\w", r"root ::= ([^0-9])+ ([\x09-\x0D ])? [0-9A-Z_a-z]"),
-        (r"[\]\[^-]{2}", r"root ::= ([\]\[\x5E\x2D]){2}"),
-        (r'say "hi"\\', r'root ::= "say \"hi\"\\"'),
-        ("é{2,}ü{0,3}", r'root ::= ("\xE9"){2,} ("\xFC"){0,3}'),
-        ("a\nb.", r'root ::= "a\x0Ab" [^\n]'),
-        ("(?s).", r"root ::= [\U00000000-\U0010FFFF]"),
-        ("(a|)b", 'root ::= (("a" | "")) "b"'),
-        ("", 'root ::= ""'),
-    ],
-)
-def test_regex_to_gbnf(pattern: str, grammar: str) -> None:
-    # every grammar here was also sent to a real llama-cpp-python 0.3.36 server, which parsed it
-    assert regex_gbnf(pattern) == grammar + "\n"
-    assert constraint_body(RegexOutput(pattern), "llama_cpp") == {"grammar": grammar + "\n"}
+LLAMA_CPP_PATTERNS = [
+    ("^(yes|no)$", "^((yes|no))$"),
+    ("yes|no", "^(yes|no)$"),
+    (r"[^0-9,a-c]{1,3}[\x30-\x39\]\[^-]{2}", r"^([^0-9,a-c]{1,3}[\x30-\x39\]\[^-]{2})$"),
+    (r'say "hi"\\\(\n', r'^(say "hi"\\\(\n)$'),
+    ("é{2,3}ü{,3}.{0,2}", "^(é{2,3}ü{,3}.{0,2})$"),
+    ("", "^()$"),
+]
+
+
+@pytest.mark.parametrize(("pattern", "sent"), LLAMA_CPP_PATTERNS)
+def test_regex_for_llama_cpp_is_anchored_and_grouped(pattern: str, sent: str) -> None:
+    # tests/test_client_real.py sends these to a real llama-cpp-python 0.3.36 server, which takes them
+    schema = {"type": "string", "pattern": sent}
+    assert constraint_body(RegexOutput(pattern), "llama_cpp") == {
+        "response_format": {"type": "json_object", "schema": schema}
+    }
 
 
 def test_choices_gbnf_escapes_quotes_and_non_ascii() -> None:
@@ -177,19 +182,30 @@ def test_choices_gbnf_escapes_quotes_and_non_ascii() -> None:
 
 @pytest.mark.parametrize(
     ("pattern", "what"),
-    [(r"\bword", "word boundary"), (r"(?i)yes", "case-insensitive"), (r"[\Da]", "negated class")],
+    [
+        (r"\d{4}", r"'\\\\d'"),
+        (r"[0-9]\.[0-9]", r"'\\\\\.'"),  # this one made a grammar that killed the server
+        (r"\bword", r"'\\\\b'"),
+        (r"(?:ab)+", r"'\(\?'"),
+        (r"(?i)yes", r"'\(\?'"),
+        (r"x+?", r"'\+\?'"),
+        (r"\x41", r"'\\\\x'"),
+        (r"[\d.]", r"'\[\\\\'"),
+        (r"a$b", r"'\$b'"),
+    ],
 )
-def test_regex_that_gbnf_cannot_express_is_unsupported_on_llama_cpp(pattern: str, what: str) -> None:
-    with pytest.raises(UnsupportedConstraintError, match=what):
+def test_regex_that_llama_cpp_mistranslates_is_unsupported_there(pattern: str, what: str) -> None:
+    with pytest.raises(UnsupportedConstraintError, match=rf"has {what}, which llama.cpp.*write \\d as \[0-9\]"):
         constraint_body(RegexOutput(pattern), "llama_cpp")
+    assert constraint_body(RegexOutput(pattern), "vllm")  # vLLM takes it
 
 
-@pytest.mark.parametrize("pattern", [r"^\d+$", r"[0-9]+", r"^a\w$"])
+@pytest.mark.parametrize("pattern", [r"^\d+$", r"[0-9]+", r"^a\w$", r"^[0-9]\.[0-9]$", "^a|b$"])
 def test_llama_cpp_refuses_schema_patterns_its_converter_mistranslates(pattern: str) -> None:
     class Code(BaseModel):
         code: str = Field(pattern=pattern)
 
-    with pytest.raises(UnsupportedConstraintError, match=r"\^\[0-9\]\+\$"):
+    with pytest.raises(UnsupportedConstraintError, match=r"pattern at \$\.properties\.code .*write \\d as \[0-9\]"):
         constraint_body(JsonOutput.of(Code), "llama_cpp")
     assert "response_format" in constraint_body(JsonOutput.of(Code), "vllm")
 
@@ -330,7 +346,7 @@ def test_parse_refuses_output_keyword() -> None:
         asyncio.run(client.parse("x", City, output=JsonOutput(CITY_SCHEMA)))
 
 
-def test_schema_problem_subset() -> None:
+def test_schema_problem_is_jsonschema_validation() -> None:
     schema = {
         "$defs": {"P": {"type": "object", "properties": {"age": {"type": "integer", "minimum": 0}}}},
         "type": "object",
@@ -338,15 +354,23 @@ def test_schema_problem_subset() -> None:
             "people": {"type": "array", "items": {"$ref": "#/$defs/P"}, "maxItems": 2},
             "tag": {"anyOf": [{"type": "string", "maxLength": 3}, {"type": "null"}]},
             "kind": {"enum": ["a", "b"]},
+            "n": {"oneOf": [{"type": "integer"}, {"type": "number"}]},
         },
         "required": ["people"],
         "additionalProperties": False,
     }
-    assert schema_problem({"people": [{"age": 3}], "tag": None, "kind": "a"}, schema) is None
-    assert "missing required" in (schema_problem({}, schema) or "")
-    assert "minimum" in (schema_problem({"people": [{"age": -1}]}, schema) or "")
-    assert "more than 2" in (schema_problem({"people": [{}, {}, {}]}, schema) or "")
-    assert "anyOf" in (schema_problem({"people": [], "tag": "long"}, schema) or "")
-    assert "not one of" in (schema_problem({"people": [], "kind": "c"}, schema) or "")
-    assert "unexpected" in (schema_problem({"people": [], "extra": 1}, schema) or "")
-    assert "expected integer" in (schema_problem({"people": [{"age": True}]}, schema) or "")
+    assert schema_problem({"people": [{"age": 3}], "tag": None, "kind": "a", "n": 1.5}, schema) is None
+    assert schema_problem({}, schema) == "$: 'people' is a required property"
+    assert schema_problem({"people": [{"age": -1}]}, schema) == "$.people[0].age: -1 is less than the minimum of 0"
+    assert "too long" in (schema_problem({"people": [{}, {}, {}]}, schema) or "")
+    assert "$.tag: 'long' is too long" == schema_problem({"people": [], "tag": "long"}, schema)
+    assert "is not one of ['a', 'b']" in (schema_problem({"people": [], "kind": "c"}, schema) or "")
+    assert "'extra' was unexpected" in (schema_problem({"people": [], "extra": 1}, schema) or "")
+    assert "True is not of type 'integer'" in (schema_problem({"people": [{"age": True}]}, schema) or "")
+    # oneOf is not anyOf: 2 is an integer and a number, so it fits both alternatives and fails
+    assert "is valid under each of" in (schema_problem({"people": [], "n": 2}, schema) or "")
+
+
+def test_a_json_output_schema_that_is_no_json_schema_is_refused_before_sending() -> None:
+    with pytest.raises(ConfigError, match=r"not a valid JSON schema .*at \$\.type"):
+        constraint_body(JsonOutput({"type": "integr"}), "vllm")
