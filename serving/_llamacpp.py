@@ -10,7 +10,7 @@ from pathlib import Path
 from agentflow import ConfigError, MissingDependencyError, ModelSpec, get_model
 
 from ._model_files import model_path
-from ._process import HOST, ManagedServer
+from ._process import DEFAULT_STARTUP_TIMEOUT_S, HOST, ManagedServer
 
 __all__ = ["LLAMA_CPP_INSTALL", "LlamaCppServer", "llama_cpp_argv", "require_llama_cpp"]
 
@@ -30,17 +30,18 @@ def llama_cpp_argv(
     *,
     alias: str,
     port: int,
+    host: str = HOST,
     n_ctx: int = 4096,
     n_threads: int = 2,
     python: str = sys.executable,
     extra_args: tuple[str, ...] = (),
 ) -> list[str]:
-    """The `python -m llama_cpp.server` command line (always bound to 127.0.0.1)."""
+    """The `python -m llama_cpp.server` command line, bound to `host` (127.0.0.1 unless you pass another)."""
     return [
         python, "-m", "llama_cpp.server",
         "--model", str(model_file),
         "--model_alias", alias,
-        "--host", HOST,
+        "--host", host,
         "--port", str(port),
         "--n_threads", str(n_threads),
         "--n_ctx", str(n_ctx),
@@ -52,7 +53,8 @@ class LlamaCppServer(ManagedServer):
     """`python -m llama_cpp.server` for one catalog model (name, alias or ModelSpec).
 
     The model file comes from the offline store (`agentflow._store.model_path`) unless `model_file`
-    is given. The server answers to the catalog name (`model_name`).
+    is given. The server answers to the catalog name (`model_name`) and binds 127.0.0.1 unless `host`
+    says otherwise.
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class LlamaCppServer(ManagedServer):
         spec_or_name: ModelSpec | str,
         *,
         port: int | None = None,
+        host: str = HOST,
         n_ctx: int = 4096,
         n_threads: int = 2,
         log_dir: Path | None = None,
@@ -67,7 +70,7 @@ class LlamaCppServer(ManagedServer):
         cache_dir: Path | None = None,
         python: str = sys.executable,
         extra_args: tuple[str, ...] = (),
-        startup_timeout: float = 120.0,
+        startup_timeout: float = DEFAULT_STARTUP_TIMEOUT_S,
         stop_grace: float = 10.0,
     ) -> None:
         spec = get_model(spec_or_name) if isinstance(spec_or_name, str) else spec_or_name
@@ -78,7 +81,7 @@ class LlamaCppServer(ManagedServer):
             )
         if n_ctx <= 0 or n_threads <= 0:
             raise ConfigError(f"n_ctx and n_threads must be positive (got {n_ctx}, {n_threads})")
-        super().__init__(port=port, log_dir=log_dir, startup_timeout=startup_timeout, stop_grace=stop_grace)
+        super().__init__(port=port, host=host, log_dir=log_dir, startup_timeout=startup_timeout, stop_grace=stop_grace)
         self.spec = spec
         self.n_ctx = n_ctx
         self.n_threads = n_threads
@@ -104,6 +107,7 @@ class LlamaCppServer(ManagedServer):
             self.model_file,
             alias=self.model_name,
             port=self.port,
+            host=self.host,
             n_ctx=self.n_ctx,
             n_threads=self.n_threads,
             python=self.python,

@@ -1,8 +1,14 @@
 """The launcher every model server shares: argv + env, a log file, a health check, and stop by PID.
 
-A `ManagedServer` starts one child process bound to 127.0.0.1, waits until `GET /v1/models` answers
-with its model name, and stops the process it started (SIGTERM, then SIGKILL after a grace period).
-A module-level atexit hook stops whatever is still running when the interpreter exits.
+A `ManagedServer` starts one child process bound to 127.0.0.1 (or the `host` you pass), waits until
+`GET /v1/models` answers with its model name, and stops the process it started (SIGTERM, then SIGKILL
+after a grace period). A module-level atexit hook stops whatever is still running when the interpreter
+exits.
+
+Waiting is on events, not on guesses of how long things take: start-up ends when the server answers
+or its process exits, and stop ends when the process exits. The time limits (`startup_timeout`,
+`stop_grace`) are generous upper bounds that only end a hung server, so a busy machine is slow, not
+failed.
 """
 
 from __future__ import annotations
@@ -25,11 +31,23 @@ from typing import IO, Self
 
 import httpx
 
-from agentflow import ServingError
+from agentflow import ConfigError, ServingError
 
-__all__ = ["DEFAULT_LOG_DIR", "HOST", "ManagedServer", "free_port", "log_tail"]
+__all__ = [
+    "DEFAULT_LOG_DIR",
+    "DEFAULT_STARTUP_TIMEOUT_S",
+    "HOST",
+    "ManagedServer",
+    "connect_host",
+    "free_port",
+    "log_tail",
+]
 
 HOST = "127.0.0.1"
+"""The address servers bind unless a host is passed: loopback, so nothing outside this machine reaches them."""
+DEFAULT_STARTUP_TIMEOUT_S = 600.0
+"""How long a server may take to answer before it counts as hung (loading a model on a busy CPU is slow)."""
+_PROBE_TIMEOUT = httpx.Timeout(30.0, connect=5.0)  # one health request; a refused connection returns at once
 logger = logging.getLogger("agentflow.serving")
 DEFAULT_LOG_DIR = Path.home() / ".cache" / "agentflow" / "logs"
 
@@ -38,9 +56,22 @@ _LIVE: dict[int, subprocess.Popen[bytes]] = {}
 
 def free_port(host: str = HOST) -> int:
     """A TCP port that is free on `host` right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def connect_host(host: str) -> str:
+    """Where a client on this machine reaches a server bound to `host` (as it goes in a URL).
+
+    A wildcard bind (`0.0.0.0`, `::`) is reached on loopback; an IPv6 address is bracketed.
+    """
+    if host in ("", "0.0.0.0"):
+        return HOST
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 def log_tail(path: Path, lines: int = 20) -> str:
@@ -87,7 +118,10 @@ def _fix_for(tail: str) -> str:
     if "address already in use" in low:
         return "another process holds that port: pass another --port, or none to pick a free one"
     if "modulenotfounderror" in low or "no module named" in low:
-        return "the server's Python lacks a module: install the server with `pip install 'agentflow[local]'`"
+        return (
+            "the server's Python lacks a module: install the server with `pip install 'agentflow[local]'` "
+            "(in a clone: `.venv/bin/pip install -e '.[local]'`)"
+        )
     if "failed to load model" in low or ("gguf" in low and "error" in low):
         return (
             "the model file did not load: delete the cached file (AGENTFLOW_CACHE, default "
@@ -102,18 +136,28 @@ class ManagedServer(ABC):
     """One model server process. Subclasses say what to run (`argv`, `env`) and under which name.
 
     Use it as an async context manager (`async with LlamaCppServer("smoke") as s: s.url`) or call
-    `start()` / `stop()` yourself.
+    `start()` / `stop()` yourself. `host` is the address the server binds (default 127.0.0.1; pass
+    "0.0.0.0" to let other machines reach it). `startup_timeout` and `stop_grace` are upper bounds
+    for a hung server, not expected durations.
     """
 
     def __init__(
         self,
         *,
         port: int | None = None,
+        host: str = HOST,
         log_dir: Path | None = None,
-        startup_timeout: float = 120.0,
+        startup_timeout: float = DEFAULT_STARTUP_TIMEOUT_S,
         stop_grace: float = 10.0,
         poll_interval: float = 0.1,
     ) -> None:
+        if not host:
+            raise ConfigError("host must be an address to bind, e.g. '127.0.0.1' (the default) or '0.0.0.0'")
+        if startup_timeout <= 0 or stop_grace < 0:
+            raise ConfigError(
+                f"startup_timeout must be positive and stop_grace not negative (got {startup_timeout}, {stop_grace})"
+            )
+        self.host = host
         self._fixed_port = port
         self.port = port if port is not None else 0
         self.log_dir = DEFAULT_LOG_DIR if log_dir is None else log_dir
@@ -145,8 +189,8 @@ class ManagedServer(ABC):
 
     @property
     def url(self) -> str:
-        """The OpenAI-compatible base URL, ending in /v1."""
-        return f"http://{HOST}:{self.port}/v1"
+        """The OpenAI-compatible base URL, ending in /v1 (on loopback when the server binds every interface)."""
+        return f"http://{connect_host(self.host)}:{self.port}/v1"
 
     @property
     def pid(self) -> int | None:
@@ -167,7 +211,7 @@ class ManagedServer(ABC):
         await self.prepare()
         attempts = 1 if self._fixed_port is not None else 2  # a picked port can be taken in between
         for attempt in range(attempts):
-            self.port = self._fixed_port if self._fixed_port is not None else free_port()
+            self.port = self._fixed_port if self._fixed_port is not None else free_port(self.host)
             try:
                 await self._launch_and_wait()
                 return self
@@ -255,7 +299,7 @@ class ManagedServer(ABC):
 
     async def _wait_healthy(self, proc: subprocess.Popen[bytes], log_path: Path, began: float) -> None:
         models_url = f"{self.url}/models"
-        async with httpx.AsyncClient(timeout=2.0, trust_env=False) as http:
+        async with httpx.AsyncClient(timeout=_PROBE_TIMEOUT, trust_env=False) as http:
             while True:
                 code = proc.poll()
                 if code is not None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from agentflow import ConfigError, MissingDependencyError
 
-from ._process import HOST, ManagedServer
+from ._process import DEFAULT_STARTUP_TIMEOUT_S, HOST, ManagedServer
 
 __all__ = [
     "QUANTIZATIONS",
@@ -96,8 +96,8 @@ class VLLMSpec:
     def data_parallel_size(self) -> int:
         return self.gpus // self.tensor_parallel_size
 
-    def argv(self, port: int, *, python: str = sys.executable) -> list[str]:
-        """The command line, bound to 127.0.0.1:`port`."""
+    def argv(self, port: int, *, python: str = sys.executable, host: str = HOST) -> list[str]:
+        """The command line, bound to `host`:`port` (127.0.0.1 unless you pass another host)."""
         if self.cpu:
             head = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model]
         else:
@@ -105,7 +105,7 @@ class VLLMSpec:
         args = [
             *head,
             "--served-model-name", self.served_model_name,
-            "--host", HOST,
+            "--host", host,
             "--port", str(port),
             "--dtype", self.dtype,
             "--max-model-len", str(self.max_model_len),
@@ -137,10 +137,10 @@ class VLLMSpec:
             "HF_HUB_OFFLINE": "1",
         }
 
-    def command(self, port: int = 8000) -> str:
+    def command(self, port: int = 8000, *, host: str = HOST) -> str:
         """The command line as one shell-quoted string (for docs and deployment scripts)."""
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env().items())
-        cmd = shlex.join(self.argv(port, python="python"))
+        cmd = shlex.join(self.argv(port, python="python", host=host))
         return f"{env} {cmd}" if env else cmd
 
 
@@ -152,12 +152,13 @@ class VLLMServer(ManagedServer):
         spec: VLLMSpec,
         *,
         port: int | None = None,
+        host: str = HOST,
         log_dir: Path | None = None,
         python: str = sys.executable,
-        startup_timeout: float = 600.0,
+        startup_timeout: float = DEFAULT_STARTUP_TIMEOUT_S,
         stop_grace: float = 30.0,
     ) -> None:
-        super().__init__(port=port, log_dir=log_dir, startup_timeout=startup_timeout, stop_grace=stop_grace)
+        super().__init__(port=port, host=host, log_dir=log_dir, startup_timeout=startup_timeout, stop_grace=stop_grace)
         self.spec = spec
         self.python = python
 
@@ -170,7 +171,7 @@ class VLLMServer(ManagedServer):
             raise MissingDependencyError("vLLM", VLLM_CPU_INSTALL if self.spec.cpu else VLLM_INSTALL)
 
     def argv(self) -> list[str]:
-        return self.spec.argv(self.port, python=self.python)
+        return self.spec.argv(self.port, python=self.python, host=self.host)
 
     def env(self) -> dict[str, str]:
         return self.spec.env()

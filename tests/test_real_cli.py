@@ -1,15 +1,22 @@
-"""The real `agentflow` command line with the smoke model: `ask --json` and `serve` until interrupted."""
+"""The real `agentflow` command line with the smoke model: `ask --json` and `serve` until interrupted.
+
+Every wait here ends on an event (a line printed, a process exit) and has a generous upper bound
+(`HUNG_S`) that only ends a hung test, so a machine busy with other work makes these tests slow, not red.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -19,6 +26,7 @@ pytestmark = pytest.mark.real_model
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "agentflow.cli"]
+HUNG_S = 600.0  # no step takes this long unless it hangs; each wait returns as soon as its event happens
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +42,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
 def test_ask_json_with_the_smoke_model(tmp_path: Path) -> None:
     out = subprocess.run(
         [*CLI, "ask", "What is 2 + 2?", "--model", "smoke", "--json", "--max-tokens", "16"],
-        cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=180, check=False,
+        cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=HUNG_S, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     payload = json.loads(out.stdout)
@@ -45,30 +53,66 @@ def test_ask_json_with_the_smoke_model(tmp_path: Path) -> None:
     assert (tmp_path / "cache" / "smollm2-135m.verified.json").exists()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+class _Lines:
+    """The lines a process prints on stdout, read by a thread, so a wait for a line can have an upper bound."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.seen: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def until(self, prefix: str, limit: float = HUNG_S) -> bool:
+        """Wait for a line starting with `prefix`; False if the stream ends (or `limit` passes) first."""
+        deadline = time.monotonic() + limit
+        while not any(line.startswith(prefix) for line in self.seen):
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return False
+            if line is None:
+                return False
+            self.seen.append(line)
+        return True
+
+    def rest(self) -> str:
+        """Everything printed, once the stream has ended."""
+        self._thread.join(timeout=HUNG_S)
+        while not self._queue.empty():
+            line = self._queue.get()
+            if line is not None:
+                self.seen.append(line)
+        return "".join(self.seen)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_serve_prints_the_url_and_stops_the_server_on_interrupt(tmp_path: Path, sig: signal.Signals) -> None:
-    proc = subprocess.Popen(
-        [*CLI, "serve", "smoke", "--n-ctx", "1024"],
-        cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    stderr_path = tmp_path / "stderr.txt"
+    with stderr_path.open("w") as stderr:  # a file, not a pipe: nothing the CLI writes can block it
+        proc = subprocess.Popen(
+            [*CLI, "serve", "smoke", "--n-ctx", "1024"],
+            cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=stderr, text=True,
+        )  # fmt: skip
     try:
         assert proc.stdout is not None
-        lines: list[str] = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not any(line.startswith("pid ") for line in lines):
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-        text = "".join(lines)
+        lines = _Lines(proc.stdout)
+        started = lines.until("pid ")
+        text = "".join(lines.seen)
+        assert started, f"no 'pid' line; exit code {proc.poll()}\n{text}{stderr_path.read_text()}"
         url = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", text)
-        pid = re.search(r"pid (\d+)", text)
-        assert url and pid, text + (proc.stderr.read() if proc.stderr and proc.poll() is not None else "")
-        ids = [m["id"] for m in httpx.get(url.group(1) + "/models", trust_env=False).json()["data"]]
-        assert ids == ["smollm2-135m"]
+        pid = re.search(r"^pid (\d+)", text, re.M)
+        assert url and pid, text
+        models = httpx.get(url.group(1) + "/models", trust_env=False, timeout=HUNG_S).json()
+        assert [m["id"] for m in models["data"]] == ["smollm2-135m"]
         proc.send_signal(sig)
-        assert proc.wait(timeout=30) == 0
-        assert pid_gone(int(pid.group(1)))
+        assert proc.wait(timeout=HUNG_S) == 0, stderr_path.read_text()
+        assert "stopped" in lines.rest().splitlines()[-1]
+        assert pid_gone(int(pid.group(1)))  # the CLI stopped its server (and reaped it) before exiting
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import sys
 import time
@@ -71,7 +72,7 @@ async def test_start_health_and_stop_by_pid(fake_python: Path, fake_model_file: 
         pid = server.pid
         assert pid is not None and server.running
         assert server.port > 0 and server.url == f"http://127.0.0.1:{server.port}/v1"
-        assert server.startup_s is not None and server.startup_s < 30
+        assert server.startup_s is not None and server.startup_s > 0
         assert pid in _process._LIVE
         assert "fake server for smollm2-135m" in server.log_path.read_text()
     assert not server.running
@@ -88,9 +89,11 @@ async def test_stop_escalates_to_sigkill_after_the_grace_period(
     await server.start()
     pid = server.pid
     assert pid is not None
+    proc = server._proc
     began = time.monotonic()
     await server.stop()
-    assert time.monotonic() - began >= 0.45
+    assert time.monotonic() - began >= 0.45  # the grace period was given before the SIGKILL
+    assert proc is not None and proc.returncode == -signal.SIGKILL
     assert pid_gone(pid)
 
 
@@ -176,6 +179,36 @@ async def test_atexit_safety_net_stops_live_servers(fake_python: Path, fake_mode
     assert not _process._LIVE
 
 
+async def test_start_up_waits_for_the_server_to_answer_however_long_it_takes(
+    fake_python: Path, fake_model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_SERVER_MODE", "late")  # listens only after 3 s, as a model loading on a busy CPU
+    async with _fake(fake_python, fake_model_file, tmp_path) as server:
+        assert server.running and server.startup_s is not None and server.startup_s >= 2.9
+        assert "listening late" in server.log_path.read_text()
+
+
+def test_servers_bind_loopback_unless_a_host_is_passed(fake_model_file: Path) -> None:
+    def host_of(argv: list[str]) -> str:
+        return argv[argv.index("--host") + 1]
+
+    assert serving.HOST == "127.0.0.1"
+    local = serving.LlamaCppServer("smoke", port=9001, model_file=fake_model_file)
+    assert host_of(local.argv()) == "127.0.0.1" and local.url == "http://127.0.0.1:9001/v1"
+    assert host_of(serving.server_for("qwen2.5-7b-instruct-awq", port=9002).argv()) == "127.0.0.1"
+    assert host_of(serving.VLLMSpec(model="m", served_model_name="m").argv(9003)) == "127.0.0.1"
+
+    opened = serving.LlamaCppServer("smoke", port=9001, host="0.0.0.0", model_file=fake_model_file)
+    assert host_of(opened.argv()) == "0.0.0.0"
+    assert opened.url == "http://127.0.0.1:9001/v1"  # a wildcard bind is reached on loopback from here
+    vllm = serving.server_for("qwen2.5-7b-instruct-awq", port=9002, host="10.0.0.5")
+    assert host_of(vllm.argv()) == "10.0.0.5" and vllm.url == "http://10.0.0.5:9002/v1"
+    assert "--host ::1" in serving.QWEN25_7B_AWQ.command(9004, host="::1")
+    assert serving.LlamaCppServer("smoke", port=1, host="::", model_file=fake_model_file).url == "http://[::1]:1/v1"
+    with pytest.raises(ConfigError, match="host must be an address"):
+        serving.LlamaCppServer("smoke", host="")
+
+
 def test_log_tail_keeps_the_last_lines(tmp_path: Path) -> None:
     log = tmp_path / "x.log"
     log.write_text("".join(f"line {i}\n" for i in range(100)))
@@ -209,17 +242,16 @@ def test_real_model_skip_reasons_say_how_to_enable(monkeypatch: pytest.MonkeyPat
 
 def test_serving_public_names_are_locked() -> None:
     assert serving.__all__ == [
-        "DEFAULT_CACHE_DIR", "DEFAULT_LOG_DIR", "HOST", "LLAMA_CPP_INSTALL", "QUANTIZATIONS", "QWEN25_7B_AWQ",
-        "QWEN25_72B_AWQ", "VLLM_SPECS", "LlamaCppServer", "ManagedServer", "ModelStatus", "VLLMServer",
-        "VLLMSpec", "free_port", "installed_models", "llama_cpp_argv", "log_tail", "model_path",
-        "require_llama_cpp", "server_for", "start_servers",
+        "DEFAULT_CACHE_DIR", "DEFAULT_LOG_DIR", "DEFAULT_STARTUP_TIMEOUT_S", "HOST", "LLAMA_CPP_INSTALL",
+        "QUANTIZATIONS", "QWEN25_7B_AWQ", "QWEN25_72B_AWQ", "VLLM_SPECS", "LlamaCppServer", "ManagedServer",
+        "ModelStatus", "VLLMServer", "VLLMSpec", "free_port", "installed_models", "llama_cpp_argv", "log_tail",
+        "model_path", "require_llama_cpp", "server_for", "start_servers",
     ]  # fmt: skip
     assert all(hasattr(serving, name) for name in serving.__all__)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's (prctl PR_SET_PDEATHSIG)")
 def test_a_killed_parent_leaves_no_server_behind(fake_python: Path, fake_model_file: Path, tmp_path: Path) -> None:
-    import signal
     import subprocess
 
     script = f"""
@@ -239,7 +271,7 @@ asyncio.run(main())
     assert not pid_gone(child)
     parent.send_signal(signal.SIGKILL)  # no atexit, no finally: only the kernel can stop the server now
     parent.wait()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 300  # only ends a hung test: the loop stops as soon as the server is gone
     while not _exited(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     gone = _exited(child)

@@ -7,9 +7,9 @@ Commands are registered here, explicitly: `models`, `serve`, `ask` (models), `gr
 from __future__ import annotations
 
 from . import _core, _eval
-from ._app import app, main
+from ._app import Command, app, main
 
 __all__ = ["app", "main"]
 
 for _command in (_core.models, _core.serve, _core.ask, _eval.graph, _eval.calibrate, _eval.compare):
-    app.command()(_command)
+    app.command(cls=Command)(_command)

