@@ -130,7 +130,13 @@ def test_cascade() -> None:
         assert tried[-1]["name"] == name  # the rung that answered is the last one tried
         assert all(d["why"] for d in decisions)
         requests += sum(d["usage"]["requests"] for d in decisions)
-    assert _bill(out)["requests"] == requests  # every call of every rung is on the bill
+        first = decisions[0]  # the small rung: sc, judged by the agreement of its samples
+        assert 0.0 < first["score"] <= 1.0 and first["escalated"] == (first["score"] < first["threshold"])
+        assert 2 <= first["usage"]["requests"] <= 5  # sc stops once two agree, and never samples past k=5
+    bill = _bill(out)
+    assert bill["requests"] == requests  # every call of every rung is on the bill
+    assert bill["escalations"] == sum(name.startswith("direct@") for _a, name, _l in blocks)
+    assert bill["flops"] > 0 and bill["overshoots"] == 0
 
 
 def test_the_readme_simple_path_runs_as_written(tmp_path: Path) -> None:
