@@ -1,231 +1,398 @@
-"""The claim to test: an agent of small models reaches at least the large model's exact match at no more
-than half its FLOPs.
+"""The claim to test, on questions nobody tuned on: a cascade of small-model workflows reaches at least the
+large model's exact match (full context, direct) at no more than half its FLOPs, and its confidence beats
+the random router with an interval above zero.
 
-    .venv/bin/python benchmarks/cascade.py            # first run ~45 min on 2 cores; reruns are free
-    .venv/bin/python benchmarks/cascade.py --quick    # 4 + 4 questions, to check the plumbing
+    .venv/bin/python benchmarks/cascade.py collect --split tuning      # small rungs and large arms, resumable
+    .venv/bin/python benchmarks/cascade.py tune                         # choose workflow, estimator, threshold
+    .venv/bin/python benchmarks/cascade.py collect --split evaluation   # the held-out rows
+    .venv/bin/python benchmarks/cascade.py collect --split transfer     # 2WikiMultihopQA, never tuned on
+    .venv/bin/python benchmarks/cascade.py evaluate                     # the chosen configuration, once
 
-It runs `agentflow compare` arms on 40 HotpotQA questions (rows 0-19 bridge and 250-269 comparison of
-../shared/data) and the first 50 StrategyQA questions, on the local CPU servers (Qwen2.5-Coder 0.5B
-small, 1.5B large). Arms: the small model alone behind retrieval; the large model on the full context
-and behind the same retrieval (so the saving from small models is not confused with the saving from
-shorter prompts); at a sweep of thresholds, the router from small to large behind retrieval (`agent`) and
-the cascade that escalates to the large model on the full context (`cascade`). The single arms ask for
-the same logprobs the router does, so the router's and the cascade's calls are answered from the shared
-response cache: the sweeps cost no model time, and a rerun costs nothing. Prints the table and writes
-it into benchmarks/README.md between the cascade markers.
+Splits (bundled data): tuning = HotpotQA rows 0-39 and 250-289; evaluation = HotpotQA rows 100-129 and
+350-379; transfer = the first 40 of 2WikiMultihopQA. Nothing is chosen on the evaluation or transfer rows:
+not the prompts, not BM25's settings (tuned earlier on rows 0-19 and 250-269), not the thresholds, not the
+learned estimator's weights.
+
+`collect` answers each question of a split with every small rung (the workflows `direct`, `sc`
+(self-consistency, k=5, stop at 2 agreeing) and `verify` (the small model judging its own answer), each
+behind BM25 retrieval of 2 paragraphs, each asking for token logprobs) and with the large model alone on
+the full context and behind the same retrieval. It appends one JSON line per question to
+runs/cascade/<split>.jsonl (a killed run resumes) with each answer, its exact match, FLOPs (cache hits at
+their original cost), seconds (as first measured) and the final state's signals. Model calls go through
+the shared response cache, so reruns are free.
+
+`tune` reads the tuning lines. For each workflow x estimator (token probability mean/min, agreement share,
+verifier P(yes), and a learned logistic regression over cheap features, scored by 5-fold cross-fitting on
+the tuning rows) it reports AUROC for "the small answer is right", the deferral curve's area over random,
+and the threshold sweep of a cascade that escalates to the large model on the full context. The chosen
+configuration is the cheapest one whose tuning EM reaches the large model's at no more than half its
+FLOPs; if none does, the most accurate one within half the FLOPs. It writes runs/cascade/chosen.json
+(and learned.json, trained on all tuning rows).
+
+`evaluate` applies that one configuration to the evaluation and transfer lines and prints, with the large
+model on the full context and behind retrieval: EM with its 95% interval, FLOPs per question, share
+escalated, AUROC, area over random with its interval, seconds per question, and the verdict.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
-import platform
-import re
+import random
 import sys
-from dataclasses import replace
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import serving
-from agentflow import ModelClient, get_model
-from agentflow.eval import CompareConfig, Comparison, load_dataset
+from agentflow import (
+    AgreementShare,
+    AnswerTokenProb,
+    Budget,
+    BudgetLimits,
+    ChatRequest,
+    Completion,
+    LearnedConfidence,
+    Model,
+    ModelClient,
+    Signals,
+    StateConfidence,
+    VerifierYes,
+    auroc,
+    get_model,
+)
+from agentflow.eval import (
+    CachedModel,
+    Deferred,
+    Example,
+    ResponseCache,
+    bootstrap_ci,
+    deferral_curve,
+    load_dataset,
+    score,
+)
 from serving import DEFAULT_CACHE_DIR
-from workflows import solve
+from workflows import QADeps, QAState, build, short_span_rule
 
-ROOT = Path(__file__).resolve().parent
-THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+OUT = Path("runs/cascade")
+SPLITS: dict[str, tuple[str, list[int]]] = {
+    "tuning": ("hotpotqa", [*range(40), *range(250, 290)]),
+    "evaluation": ("hotpotqa", [*range(100, 130), *range(350, 380)]),
+    "transfer": ("2wikimultihopqa", list(range(40))),
+}
+WORKFLOWS = ("direct", "sc", "verify")
+RETRIEVE_K = 2
+MAX_TOKENS = 32
+ESTIMATORS: dict[str, StateConfidence] = {
+    "tokenprob-mean": AnswerTokenProb("mean"),
+    "tokenprob-min": AnswerTokenProb("min"),
+    "agreement": AgreementShare(),
+    "verifier": VerifierYes(),
+}
+APPLIES = {"agreement": {"sc"}, "verifier": {"verify"}}  # estimators that read one workflow's evidence
 
 
-async def run_set(
-    name: str,
-    examples: list[Any],
-    arms: tuple[str, ...],
-    out: Path,
-    clients: Any,
-    cache: Path,
-    workflow: str,
-    estimator: str,
-    retrieve_k: int = 2,
-) -> list[dict[str, Any]]:
-    small, large = clients
-    rows: list[dict[str, Any]] = []
-    tag = workflow if estimator == "mean" else f"{workflow}-{estimator.replace(':', '-')}"
-    tag += "" if retrieve_k == 2 else f"-k{retrieve_k}"
-    base = CompareConfig(
-        dataset=name,
-        question_ids=tuple(e.id for e in examples),
-        arms=arms,  # type: ignore[arg-type]
-        workflow=workflow,
-        estimator=estimator,
-        retrieve_k=retrieve_k,
-        small_model=small.name,
-        large_model=large.name,
+class Clocked:
+    """A model that adds up the seconds its calls took when first made (cache hits at their original time)."""
+
+    def __init__(self, model: Model) -> None:
+        self._model = model
+        self.seconds = 0.0
+
+    @property
+    def name(self) -> str:
+        return self._model.name
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        c = await self._model.complete(request)
+        self.seconds += float(c.meta.get("original_latency_s", c.latency_s)) if c.cached else c.latency_s
+        return c
+
+
+async def _answer(
+    workflow: str, model: Model, ex: Example, *, retrieve_k: int | None, verifier: Model | None
+) -> dict[str, Any]:
+    budget = Budget(BudgetLimits(), name=f"{workflow}:{ex.id}")
+    clocked = Clocked(model)
+    judge = None if verifier is None else budget.wrap(verifier)
+    deps = QADeps(
+        model=budget.wrap(clocked),
+        verifier=judge,
+        rule=None if judge is not None else short_span_rule,
+        budget=budget,
+        max_tokens=MAX_TOKENS,
+        logprobs=1,
     )
-    report = await Comparison(base, examples, small, large, out / f"{name}-{tag}-base", solve).run(cache)
-    rows.extend(_rows(name, report, workflow))
-    for t in THRESHOLDS:
-        cfg = replace(base, arms=("agent",), threshold=t)
-        report = await Comparison(cfg, examples, small, large, out / f"{name}-{tag}-t{t}", solve).run(cache)
-        rows.extend(_rows(name, report, workflow, label=f"agent t={t}"))
-        print(f"  {name} agent t={t}: em={report['arms'][0]['em']:.3f}", flush=True)
-    for t in THRESHOLDS:  # small behind retrieval, escalating to the large model on the full context
-        cfg = replace(base, arms=("cascade",), threshold=t)
-        report = await Comparison(cfg, examples, small, large, out / f"{name}-{tag}-cascade-t{t}", solve).run(cache)
-        rows.extend(_rows(name, report, workflow, label=f"cascade t={t}"))
-        print(f"  {name} cascade t={t}: em={report['arms'][0]['em']:.3f}", flush=True)
-    return rows
+    state, _ = await build(workflow, retrieve_k=retrieve_k).run(
+        QAState(question=ex.question, paragraphs=list(ex.paragraphs)), deps=deps
+    )
+    s = score(ex, state.answer)
+    flops = sum(mb.with_cache().flops for mb in budget.bill().models.values())
+    return {
+        "answer": state.answer,
+        "em": s.em,
+        "f1": s.f1,
+        "flops": flops,
+        "seconds": round(clocked.seconds, 3),
+        "signals": state.signals().to_dict(),
+    }
 
 
-def _rows(dataset: str, report: dict[str, Any], workflow: str, label: str | None = None) -> list[dict[str, Any]]:
+def _interleaved(rows: list[int]) -> list[int]:
+    """Bridge and comparison rows alternately (HotpotQA rows < 250 are bridge), so that a partly
+    collected split is still balanced between the two kinds."""
+    low, high = [r for r in rows if r < 250], [r for r in rows if r >= 250]
+    out = [r for pair in zip(low, high, strict=False) for r in pair]
+    return out + low[len(high) :] + high[len(low) :]
+
+
+async def collect(split: str, *, reverse: bool = False) -> Path:
+    dataset, rows = SPLITS[split]
+    order = _interleaved(rows)
+    examples = load_dataset(dataset, rows=order[::-1] if reverse else order)
+    path = OUT / f"{split}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = {json.loads(line)["id"] for line in path.read_text().splitlines()} if path.exists() else set()
+    todo = [ex for ex in examples if ex.id not in done]
+    print(f"{split}: {len(done)} questions already collected, {len(todo)} to go", flush=True)
+    if not todo:
+        return path
+    cache = ResponseCache(DEFAULT_CACHE_DIR.parent / "responses.sqlite")
+    small_name, large_name = get_model("small").name, get_model("large").name
+    try:
+        async with (
+            serving.start_servers([small_name, large_name]) as (s_server, l_server),
+            ModelClient(s_server.url, small_name, dialect="llama_cpp", timeout=600) as s_client,
+            ModelClient(l_server.url, large_name, dialect="llama_cpp", timeout=900) as l_client,
+        ):
+            small, large = CachedModel(s_client, cache), CachedModel(l_client, cache)
+            for i, ex in enumerate(todo, 1):
+                began = time.monotonic()
+                line: dict[str, Any] = {"id": ex.id, "split": split, "gold": ex.answer, "small": {}}
+                for w in WORKFLOWS:
+                    verifier = small if w == "verify" else None
+                    line["small"][w] = await _answer(w, small, ex, retrieve_k=RETRIEVE_K, verifier=verifier)
+                line["large"] = await _answer("direct", large, ex, retrieve_k=None, verifier=None)
+                line["large_retrieval"] = await _answer("direct", large, ex, retrieve_k=RETRIEVE_K, verifier=None)
+                with path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(line) + "\n")
+                ems = " ".join(f"{w}={line['small'][w]['em']:.0f}" for w in WORKFLOWS)
+                print(
+                    f"{split} {i}/{len(todo)} {ex.id}: {ems} large={line['large']['em']:.0f} "
+                    f"({time.monotonic() - began:.0f} s)",
+                    flush=True,
+                )
+    finally:
+        cache.close()
+    return path
+
+
+def _lines(split: str) -> list[dict[str, Any]]:
+    path = OUT / f"{split}.jsonl"
+    if not path.exists():
+        sys.exit(f"{path} is missing: run `benchmarks/cascade.py collect --split {split}` first")
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _scores(
+    lines: Sequence[dict[str, Any]], workflow: str, estimator: str, learned: LearnedConfidence | None
+) -> list[float]:
     out = []
-    for a in report["arms"]:
-        out.append(
-            {
-                "dataset": dataset,
-                "arm": label or a["name"],
-                "workflow": workflow if (label or a["name"]) not in ("large",) else "direct, full context",
-                "n": a["n"],
-                "em": a["em"],
-                "em_ci95": a["em_ci95"],
-                "flops_per_q": a["flops_per_question"],
-                "escalation_rate": a["escalation_rate"],
-                "wall_s": a["wall_s"],
-            }
-        )
+    for line in lines:
+        signals = Signals.from_dict(line["small"][workflow]["signals"])
+        est = learned if estimator == "learned" else ESTIMATORS[estimator]
+        value = est.score(signals) if est is not None else None
+        out.append(0.0 if value is None else float(value))  # nothing to read: escalate first
     return out
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| dataset | arm | workflow | n | EM | 95% CI | FLOPs/q | vs large FLOPs | escalated | wall s (first run) |",
-        "|---|---|---|---:|---:|---|---:|---:|---:|---:|",
+def _crossfit(lines: Sequence[dict[str, Any]], workflow: str, folds: int = 5) -> list[float]:
+    """Learned-estimator scores on the tuning rows, each from a model that never saw that row."""
+    order = list(range(len(lines)))
+    random.Random(0).shuffle(order)
+    scores = [0.0] * len(lines)
+    for f in range(folds):
+        held = set(order[f::folds])
+        train = [lines[i] for i in order if i not in held]
+        model = LearnedConfidence.fit(
+            [Signals.from_dict(x["small"][workflow]["signals"]) for x in train],
+            [bool(x["small"][workflow]["em"]) for x in train],
+        )
+        for i in held:
+            scores[i] = model.predict(Signals.from_dict(lines[i]["small"][workflow]["signals"]))
+    return scores
+
+
+def _items(lines: Sequence[dict[str, Any]], workflow: str, scores: Sequence[float]) -> list[Deferred]:
+    return [
+        Deferred(s, x["small"][workflow]["em"], x["large"]["em"], x["small"][workflow]["flops"], x["large"]["flops"])
+        for x, s in zip(lines, scores, strict=True)
     ]
-    for r in rows:
-        ref = next((x for x in rows if x["dataset"] == r["dataset"] and x["arm"] == "large"), None)
-        ratio = f"{r['flops_per_q'] / ref['flops_per_q']:.2f}" if ref and ref["flops_per_q"] else "-"
-        lo, hi = r["em_ci95"]
-        lines.append(
-            f"| {r['dataset']} | {r['arm']} | {r['workflow']} | {r['n']} | {r['em']:.3f} | {lo:.2f}-{hi:.2f} | "
-            f"{r['flops_per_q']:.2e} | {ratio} | {r['escalation_rate']:.0%} | {r['wall_s']:.0f} |"
+
+
+def _cascade(lines: Sequence[dict[str, Any]], workflow: str, scores: Sequence[float], t: float) -> dict[str, Any]:
+    """The cascade at threshold t: each question's answer, exact match, FLOPs and seconds."""
+    ems, flops, secs, up = [], [], [], 0
+    for x, s in zip(lines, scores, strict=True):
+        small = x["small"][workflow]
+        escalate = s < t
+        up += escalate
+        ems.append(x["large"]["em"] if escalate else small["em"])
+        flops.append(small["flops"] + (x["large"]["flops"] if escalate else 0.0))
+        secs.append(small["seconds"] + (x["large"]["seconds"] if escalate else 0.0))
+    return {"ems": ems, "flops": flops, "seconds": secs, "escalated": up / len(lines)}
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def tune() -> None:
+    lines = _lines("tuning")
+    n = len(lines)
+    large_em = _mean([x["large"]["em"] for x in lines])
+    large_flops = _mean([x["large"]["flops"] for x in lines])
+    print(f"tuning split: {n} questions; large (full context) EM {large_em:.3f} at {large_flops:.3g} FLOPs/q")
+    rows, candidates = [], []
+    for w in WORKFLOWS:
+        for est in [*ESTIMATORS, "learned"]:
+            if w not in APPLIES.get(est, {w}):
+                continue
+            scores = _crossfit(lines, w) if est == "learned" else _scores(lines, w, est, None)
+            labels = [bool(x["small"][w]["em"]) for x in lines]
+            curve = deferral_curve(_items(lines, w, scores))
+            a = auroc(scores, labels) if 0 < sum(labels) < n else float("nan")
+            rows.append((w, est, _mean([x["small"][w]["em"] for x in lines]), a, curve))
+            for t in sorted({*scores, 1.01}):
+                c = _cascade(lines, w, scores, t)
+                candidates.append((w, est, t, _mean(c["ems"]), _mean(c["flops"]) / large_flops, c["escalated"]))
+    print("| workflow | estimator | small EM | AUROC | area over random [95% CI] |")
+    print("|---|---|---|---|---|")
+    for w, est, em, a, curve in rows:
+        ci = curve.area_interval
+        ci_text = f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "(too few)"
+        print(f"| {w} | {est} | {em:.3f} | {a:.3f} | {curve.area_over_random:+.3f} {ci_text} |")
+    within = [c for c in candidates if c[4] <= 0.5]
+    reaching = [c for c in within if c[3] >= large_em]
+    if reaching:
+        chosen, why = (
+            min(reaching, key=lambda c: (c[4], -c[3])),
+            "cheapest that reaches the large EM within half its FLOPs",
         )
-    return "\n".join(lines)
-
-
-def verdict(rows: list[dict[str, Any]]) -> str:
-    """Whether any agent or cascade setting reached the large model's EM at no more than half its FLOPs."""
-    out = []
-    for dataset in dict.fromkeys(r["dataset"] for r in rows):
-        mine = [r for r in rows if r["dataset"] == dataset]
-        ref = next(r for r in mine if r["arm"] == "large")
-        tries = [r for r in mine if r["arm"].startswith(("agent", "cascade"))]
-        cheap = [r for r in tries if r["flops_per_q"] <= 0.5 * ref["flops_per_q"]]
-        won = [r for r in cheap if r["em"] >= ref["em"]]
-        if won:
-            best = min(won, key=lambda r: r["flops_per_q"])
-            line = (
-                f"- {dataset}: the claim holds: `{best['arm']}` reached EM {best['em']:.3f} (large: {ref['em']:.3f}) "
-                f"at {best['flops_per_q'] / ref['flops_per_q']:.2f} of the large model's FLOPs, with the threshold "
-                "picked on these same questions (an optimistic estimate)."
-            )
-            lr = next((r for r in mine if r["arm"] == "large-retrieval"), None)
-            if lr is not None and lr["em"] >= best["em"] and lr["flops_per_q"] <= best["flops_per_q"]:
-                line += (
-                    f" But the large model behind the same retrieval, alone, reached {lr['em']:.3f} at "
-                    f"{lr['flops_per_q'] / ref['flops_per_q']:.2f}: the saving comes from retrieval, not from "
-                    "the small model."
-                )
-            out.append(line)
-            continue
-        line = (
-            f"- {dataset}: the claim fails: no setting at half the large model's FLOPs reached its EM {ref['em']:.3f}."
+    elif within:
+        chosen, why = (
+            max(within, key=lambda c: (c[3], -c[4])),
+            "none reaches the large EM within half its FLOPs: the most accurate within half",
         )
-        if cheap:
-            best = max(cheap, key=lambda r: (r["em"], -r["flops_per_q"]))
-            line += (
-                f" Closest within half the FLOPs: `{best['arm']}`, EM {best['em']:.3f} "
-                f"at {best['flops_per_q'] / ref['flops_per_q']:.2f} of the FLOPs."
-            )
-        top = max(tries, key=lambda r: (r["em"], -r["flops_per_q"]), default=None)
-        if top is not None:
-            line += (
-                f" Best EM of any agent or cascade setting: `{top['arm']}`, {top['em']:.3f} "
-                f"at {top['flops_per_q'] / ref['flops_per_q']:.2f} of the FLOPs."
-            )
-        out.append(line)
-    return "\n".join(out)
-
-
-def write_readme(text: str, marker: str, title: str) -> None:
-    path = ROOT / "README.md"
-    doc = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    begin, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-    block = f"{begin}\n{text}\n{end}"
-    if begin in doc:
-        doc = re.sub(re.escape(begin) + ".*" + re.escape(end), lambda _: block, doc, flags=re.S)
     else:
-        doc += f"\n## {title}\n\n{block}\n"
-    path.write_text(doc, encoding="utf-8")
+        sys.exit("no configuration stays within half the large model's FLOPs on the tuning split")
+    w, est, t, em, ratio, up = chosen
+    print(
+        f"chosen ({why}): workflow {w}, estimator {est}, threshold {t:.4f}: "
+        f"tuning EM {em:.3f} at {ratio:.2f} of the large FLOPs, {up:.0%} escalated"
+    )
+    (OUT / "chosen.json").write_text(
+        json.dumps(
+            {
+                "workflow": w,
+                "estimator": est,
+                "threshold": t,
+                "why": why,
+                "tuning_em": em,
+                "tuning_flops_ratio": ratio,
+                "tuning_escalated": up,
+                "large_em": large_em,
+            },
+            indent=2,
+        )
+    )
+    if est == "learned":
+        model = LearnedConfidence.fit(
+            [Signals.from_dict(x["small"][w]["signals"]) for x in lines], [bool(x["small"][w]["em"]) for x in lines]
+        )
+        model.save(OUT / "learned.json")
 
 
-async def main() -> None:
+def evaluate() -> None:
+    chosen = json.loads((OUT / "chosen.json").read_text())
+    w, est, t = chosen["workflow"], chosen["estimator"], chosen["threshold"]
+    learned = LearnedConfidence.load(OUT / "learned.json") if est == "learned" else None
+    print(f"configuration chosen on the tuning split: workflow {w}, estimator {est}, threshold {t:.4f}")
+    for split in ("evaluation", "transfer"):
+        path = OUT / f"{split}.jsonl"
+        if not path.exists():
+            print(f"{split}: not collected")
+            continue
+        lines = _lines(split)
+        n = len(lines)
+        scores = _scores(lines, w, est, learned)
+        c = _cascade(lines, w, scores, t)
+        labels = [bool(x["small"][w]["em"]) for x in lines]
+        curve = deferral_curve(_items(lines, w, scores))
+        large_flops = _mean([x["large"]["flops"] for x in lines])
+        print(f"\n{split} ({n} questions)")
+        print("| arm | EM | 95% CI | FLOPs/q | vs large FLOPs | escalated | s/q |")
+        print("|---|---|---|---|---|---|---|")
+        arms = {
+            "cascade": (c["ems"], c["flops"], c["seconds"], c["escalated"]),
+            f"small {w}": (
+                [x["small"][w]["em"] for x in lines],
+                [x["small"][w]["flops"] for x in lines],
+                [x["small"][w]["seconds"] for x in lines],
+                0.0,
+            ),
+            "large": (
+                [x["large"]["em"] for x in lines],
+                [x["large"]["flops"] for x in lines],
+                [x["large"]["seconds"] for x in lines],
+                1.0,
+            ),
+            "large-retrieval": (
+                [x["large_retrieval"]["em"] for x in lines],
+                [x["large_retrieval"]["flops"] for x in lines],
+                [x["large_retrieval"]["seconds"] for x in lines],
+                1.0,
+            ),
+        }
+        for name, (ems, flops, secs, up) in arms.items():
+            em_ci = bootstrap_ci(ems)
+            print(
+                f"| {name} | {_mean(ems):.3f} | {em_ci.low:.3f}-{em_ci.high:.3f} | {_mean(flops):.3g} | "
+                f"{_mean(flops) / large_flops:.2f} | {up:.0%} | {_mean(secs):.1f} |"
+            )
+        a = auroc(scores, labels) if 0 < sum(labels) < n else float("nan")
+        ci = curve.area_interval
+        print(
+            f"AUROC {a:.3f}; area over random {curve.area_over_random:+.3f} "
+            + (f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "(too few for an interval)")
+        )
+        holds_em = _mean(c["ems"]) >= _mean(arms["large"][0])
+        holds_flops = _mean(c["flops"]) <= 0.5 * large_flops
+        beats_random = ci is not None and ci[0] > 0
+        print(
+            f"claim on {split}: EM >= large: {holds_em}; FLOPs <= half: {holds_flops}; "
+            f"router beats random (interval above 0): {beats_random}"
+        )
+
+
+def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="4 + 4 questions, no README update")
-    p.add_argument("--workflow", default="direct", help="the workflow of the small arms (direct, cot, verify, ...)")
-    p.add_argument("--estimator", default="mean", help="confidence estimator, as `agentflow compare --estimator`")
-    p.add_argument("--retrieve-k", type=int, default=2, help="paragraphs the small arms read")
-    p.add_argument("--out", type=Path, default=Path("runs/cascade"))
-    p.add_argument("--skip-hotpotqa", action="store_true")
-    p.add_argument("--skip-strategyqa", action="store_true")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("collect")
+    c.add_argument("--split", choices=list(SPLITS), required=True)
+    c.add_argument("--reverse", action="store_true", help="from the last question (to meet another run halfway)")
+    sub.add_parser("tune")
+    sub.add_parser("evaluate")
     args = p.parse_args()
-    hp_rows = [0, 1, 250, 251] if args.quick else [*range(20), *range(250, 270)]
-    hotpot = load_dataset("hotpotqa", rows=hp_rows)
-    strat = load_dataset("strategyqa", limit=4 if args.quick else 50)
-    cache = DEFAULT_CACHE_DIR.parent / "responses.sqlite"
-    small_name, large_name = get_model("small").name, get_model("large").name
-    rows: list[dict[str, Any]] = []
-    sets: list[tuple[str, list[Any], tuple[str, ...]]] = []
-    if not args.skip_hotpotqa:
-        sets.append(("hotpotqa", hotpot, ("small", "large-retrieval", "large")))
-    if not args.skip_strategyqa:  # closed book: the set has no paragraphs
-        sets.append(("strategyqa", strat, ("small", "large")))
-    async with serving.start_servers([small_name, large_name]) as (s, l_):
-        async with (
-            ModelClient(s.url, small_name, dialect="llama_cpp") as small,
-            ModelClient(l_.url, large_name, dialect="llama_cpp", timeout=600) as large,
-        ):
-            for name, examples, arms in sets:
-                print(f"{name}: {len(examples)} questions", flush=True)
-                rows += await run_set(
-                    name,
-                    examples,
-                    arms,
-                    args.out,
-                    (small, large),
-                    cache,
-                    args.workflow,
-                    args.estimator,
-                    args.retrieve_k,
-                )
-    text = table(rows) + "\n\n" + verdict(rows)
-    print(text)
-    tag = f"{args.workflow}-{args.estimator.replace(':', '-')}-k{args.retrieve_k}"
-    (args.out / f"cascade-{tag}.json").write_text(json.dumps(rows, indent=1))
-    if not args.quick:
-        command = " ".join(["`.venv/bin/python benchmarks/cascade.py", *sys.argv[1:]]) + "`"
-        stamp = (
-            f"Measured {dt.date.today()} on {platform.machine()}, Python {sys.version.split()[0]}, 2 cores, "
-            f"llama.cpp CPU servers, Qwen2.5-Coder 0.5B / 1.5B Q4_K_M, temperature 0, retrieval k={args.retrieve_k}, "
-            f"workflow `{args.workflow}`, estimator `{args.estimator}`. Command: {command}."
-        )
-        default = (
-            args.workflow == "direct" and args.estimator == "mean" and not (args.skip_hotpotqa or args.skip_strategyqa)
-        )
-        marker = "cascade" if default else f"cascade-{tag}"
-        title = "Cascade: agent of small models vs the large model"
-        write_readme(stamp + "\n\n" + text, marker, title if default else f"{title} ({tag})")
+    if args.cmd == "collect":
+        asyncio.run(collect(args.split, reverse=args.reverse))
+    elif args.cmd == "tune":
+        tune()
+    else:
+        evaluate()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

@@ -11,18 +11,18 @@ It imports the core (`agentflow`) and is never imported by it.
 from ._calibration_data import calibrate_file, collect_examples
 from ._compare import ARMS, CompareConfig, Comparison
 from ._data import Example, Paragraph, from_hf_dataset, from_records, load_dataset
+from ._deferral import DeferralCurve, Deferred, deferral_curve, plot_deferral
 from ._metrics import (
     bootstrap_ci,
     exact_match,
     f1_score,
-    normalize_answer,
     numeric_match,
     paired_bootstrap_diff,
     score,
     yes_no_match,
 )
 from ._report import ArmResult, QuestionRecord, write_report
-from ._retrieval import top_paragraphs
+from ._retrieval import RetrievalSettings, bm25_scores, rank_paragraphs, supporting_recall, top_paragraphs
 from ._stores import CachedModel, ResponseCache, RunStore
 
 __all__ = [
@@ -31,23 +31,30 @@ __all__ = [
     "CachedModel",
     "CompareConfig",
     "Comparison",
+    "DeferralCurve",
+    "Deferred",
     "Example",
     "Paragraph",
     "QuestionRecord",
     "ResponseCache",
+    "RetrievalSettings",
     "RunStore",
+    "bm25_scores",
     "bootstrap_ci",
     "calibrate_file",
     "collect_examples",
+    "deferral_curve",
     "exact_match",
     "f1_score",
     "from_hf_dataset",
     "from_records",
     "load_dataset",
-    "normalize_answer",
     "numeric_match",
     "paired_bootstrap_diff",
+    "plot_deferral",
+    "rank_paragraphs",
     "score",
+    "supporting_recall",
     "top_paragraphs",
     "write_report",
     "yes_no_match",
