@@ -193,7 +193,11 @@ def _lines(split: str) -> list[dict[str, Any]]:
     path = OUT / f"{split}.jsonl"
     if not path.exists():
         sys.exit(f"{path} is missing: run `benchmarks/cascade.py collect --split {split}` first")
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    by_id: dict[str, dict[str, Any]] = {}
+    for text in path.read_text().splitlines():  # two collectors meeting halfway may both write a question
+        line = json.loads(text)
+        by_id.setdefault(line["id"], line)
+    return list(by_id.values())
 
 
 def _scores(
