@@ -27,7 +27,7 @@ from ._confidence import (
     normalize_answer,
     yes_probability,
 )
-from ._config import DEFAULT_RETRY, NO_RETRY, RetryPolicy
+from ._config import DEFAULT_CIRCUIT, DEFAULT_RETRY, NO_RETRY, Circuit, CircuitBreaker, RetryPolicy, check_k
 from ._events import (
     ErrorEvent,
     Event,
@@ -66,6 +66,8 @@ from ._learned import (
 from ._mermaid import load_graph
 from ._router import RouteDecision, Router
 from ._types import (
+    DEFAULT_ANSWER_TOKENS,
+    DEFAULT_REASONING_TOKENS,
     ChatRequest,
     ChoiceOutput,
     Completion,
@@ -81,6 +83,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     *_errors,
+    "DEFAULT_ANSWER_TOKENS",
+    "DEFAULT_CIRCUIT",
+    "DEFAULT_REASONING_TOKENS",
     "DEFAULT_RETRY",
     "END",
     "FEATURE_NAMES",
@@ -100,6 +105,8 @@ __all__ = [
     "Checkpoint",
     "CheckpointStore",
     "ChoiceOutput",
+    "Circuit",
+    "CircuitBreaker",
     "Completion",
     "Confidence",
     "ConfidenceState",
@@ -156,6 +163,7 @@ __all__ = [
     "answers_agree",
     "auroc",
     "calibrate",
+    "check_k",
     "emit",
     "estimator",
     "features",

@@ -17,11 +17,14 @@ from typing import Any
 
 from ._catalog import ModelSpec
 from ._energy import EnergyReading, energy_for
+
+# DEFAULT_ANSWER_TOKENS is defined in _types (exported as agentflow.DEFAULT_ANSWER_TOKENS); it is re-exported
+# here only until eval/_compare.py, cli/_eval.py and their tests import it from there: then drop it.
+from ._types import DEFAULT_ANSWER_TOKENS as DEFAULT_ANSWER_TOKENS
 from ._types import Completion, Usage
 
 __all__ = [
     "CHECKED",
-    "DEFAULT_ANSWER_TOKENS",
     "ORIGINAL_USAGE",
     "Bill",
     "ModelBill",
@@ -31,10 +34,6 @@ __all__ = [
     "original_usage",
     "spend_for",
 ]
-
-DEFAULT_ANSWER_TOKENS = 32
-"""The `max_tokens` of a short answer (a name, a date, a number, yes/no): what compare, the CLI and the
-ready-made workflows ask for, and so what a budget reserves for each answer, unless told otherwise."""
 
 ORIGINAL_USAGE = "original_usage"
 """The Completion.meta key where a response cache keeps what a cached answer cost when it was made."""

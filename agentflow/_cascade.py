@@ -15,6 +15,10 @@ from the start, to the next rung. The top rung's answer is final.
 Confidences (`AgreementShare`, `VerifierYes`, `AnswerTokenProb`, `LearnedConfidence`, or any function
 `state -> float | None`, sync or async) score the final state; None, or a ConfidenceError, escalates.
 
+A rung below the top whose server is down, or whose client's circuit is open (a `ServerUnavailableError`
+or `CircuitOpenError` behind the rung's failure; `fallback_on` widens or narrows that), falls back to the
+next rung whatever `on_error` says, and its decision says why; the top rung's failure is the question's.
+
 Budget: before a rung starts, the worst case of the calls it needs (`Rung.cost(state)`: (request, model)
 pairs, the models wrapped by that budget) is reserved on the cascade's budget and released at once, an
 atomic check. A rung that does not fit is not started: with policy "degrade" the best answer so far
@@ -42,7 +46,14 @@ from pydantic import BaseModel
 from ._budget import Budget, BudgetedModel, Reservation
 from ._calibration import DEFAULT_THRESHOLD, Thresholds
 from ._events import Listener, RunRecord, StateUpdated, emit
-from ._exceptions import AgentFlowError, BudgetExceeded, ConfidenceError, ConfigError
+from ._exceptions import (
+    AgentFlowError,
+    BudgetExceeded,
+    ConfidenceError,
+    ConfigError,
+    ModelError,
+    ServerUnavailableError,
+)
 from ._graph import Graph
 from ._types import ChatRequest, Model, Usage
 
@@ -130,11 +141,7 @@ class RungDecision:
             "why": self.why,
             "started": self.started,
             "degraded": self.degraded,
-            "usage": {
-                "requests": self.usage.requests,
-                "prompt_tokens": self.usage.prompt_tokens,
-                "completion_tokens": self.usage.completion_tokens,
-            },
+            "usage": self.usage.to_dict(),
             "wall_s": round(self.wall_s, 4),
         }
 
@@ -166,8 +173,6 @@ class CascadeResult(Generic[S]):
         return sum((d.usage for d in self.decisions), Usage())
 
     def to_dict(self) -> dict[str, Any]:
-        u = self.usage
-        usage = {"requests": u.requests, "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens}
         return {
             "rung": self.rung,
             "name": self.name,
@@ -175,7 +180,7 @@ class CascadeResult(Generic[S]):
             "degraded": self.degraded,
             "degradations": list(self.degradations),
             "escalations": self.escalations,
-            "usage": usage,
+            "usage": self.usage.to_dict(),
             "decisions": [d.to_dict() for d in self.decisions],
         }
 
@@ -195,6 +200,8 @@ class Cascade(Generic[S]):
       floats), overriding the rungs' own.
     - `on_error`: a rung below the top that fails (a model error, a failing node): "raise" (default), or
       "escalate" to the next rung, recorded with the error.
+    - `fallback_on`: model errors behind a rung's failure that fall back to the next rung whatever
+      `on_error` says. Default: a server that is down or whose circuit is open; () to never fall back.
     """
 
     def __init__(
@@ -204,6 +211,7 @@ class Cascade(Generic[S]):
         budget: Budget | None = None,
         thresholds: Thresholds | Sequence[float] | None = None,
         on_error: OnError = "raise",
+        fallback_on: tuple[type[ModelError], ...] = (ServerUnavailableError,),
         name: str = "cascade",
     ) -> None:
         rungs = list(rungs)
@@ -231,6 +239,14 @@ class Cascade(Generic[S]):
                 )
         if on_error not in ("raise", "escalate"):
             raise ConfigError(f"on_error must be 'raise' or 'escalate', got {on_error!r}")
+        if not isinstance(fallback_on, tuple) or not all(
+            isinstance(e, type) and issubclass(e, ModelError) for e in fallback_on
+        ):
+            raise ConfigError(
+                f"fallback_on must be a tuple of ModelError classes, got {fallback_on!r}: pass e.g. "
+                "(ServerUnavailableError, ModelTimeoutError), or () to never fall back"
+            )
+        self.fallback_on = fallback_on
         if thresholds is not None:
             given = thresholds if isinstance(thresholds, Thresholds) else Thresholds(tuple(thresholds))
             values = given.for_ladder(names)
@@ -287,9 +303,13 @@ class Cascade(Generic[S]):
                     reason = f"rung {rung.name!r} ran out of budget: {e}"
                     decide(RungDecision(i, rung.name, None, threshold, False, reason, usage, True, True, wall))
                     return result(self._degrade(answers, reason), (reason,))
-                if i == last or self.on_error == "raise" or _budget_refusal(e):
+                down = _cause(e, self.fallback_on)
+                if i == last or _budget_refusal(e) or (self.on_error == "raise" and down is None):
                     raise
-                why = f"rung failed ({type(e).__name__}: {e}); on_error='escalate'"
+                if down is not None:
+                    why, step = f"no answer ({type(down).__name__}: {down})", "falling back to the next rung"
+                else:
+                    why, step = f"rung failed ({type(e).__name__}: {e}); on_error='escalate'", "escalating"
                 score, usage_ok = None, usage
             else:
                 wall = time.perf_counter() - t0
@@ -307,6 +327,7 @@ class Cascade(Generic[S]):
                     return result(answers[-1])
                 if score is not None:
                     why = f"not confident: score {score:.3f} < threshold {rung.threshold:.3f}"
+                step = "escalating"
             nxt = self.rungs[i + 1]
             refusal = self._refusal(nxt, question)
             if refusal is not None:
@@ -316,7 +337,7 @@ class Cascade(Generic[S]):
                 why = f"{why}; not escalated: {reason}"
                 decide(RungDecision(i, rung.name, score, threshold, False, why, usage_ok, True, True, wall))
                 return result(self._degrade(answers, reason), (reason,))
-            decide(RungDecision(i, rung.name, score, threshold, True, f"{why}; escalating", usage_ok, wall_s=wall))
+            decide(RungDecision(i, rung.name, score, threshold, True, f"{why}; {step}", usage_ok, wall_s=wall))
             if self.budget is not None:
                 self.budget.record_escalation(rung.name, nxt.name)
         raise AssertionError("unreachable: the top rung always answers")  # pragma: no cover
@@ -382,11 +403,16 @@ async def _score(rung: Rung[S, Any], state: S) -> tuple[float | None, str]:
 
 def _budget_refusal(e: BaseException | None) -> bool:
     """A BudgetExceeded, also when a graph node wraps it."""
+    return _cause(e, (BudgetExceeded,)) is not None
+
+
+def _cause(e: BaseException | None, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """`e`, or the error behind it (a graph node wraps the error it raised), when it is one of `kinds`."""
     while e is not None:
-        if isinstance(e, BudgetExceeded):
-            return True
+        if isinstance(e, kinds):
+            return e
         e = e.__cause__
-    return False
+    return None
 
 
 def _usage_of_failure(e: BaseException) -> Usage:

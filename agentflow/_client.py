@@ -3,7 +3,9 @@
 One pooled `httpx.AsyncClient` per client (or yours, which is then never closed here); at most
 `max_in_flight` requests in flight at once; every request retried through tenacity on connection errors,
 timeouts, HTTP 429 (honouring Retry-After) and 5xx, bounded in attempts and in total time (`RetryPolicy`);
-other 4xx raise at once with the status and the server's message.
+other 4xx raise at once with the status and the server's message. A server that keeps failing is not
+hammered: after `CircuitBreaker.failures` failed calls in a row, calls raise CircuitOpenError at once for a
+cool-down, then one probe call checks whether the server is back (`circuit=`; see `_config.py`).
 
     async with ModelClient("http://127.0.0.1:8080/v1", "qwen-0.5b", dialect="llama_cpp") as llm:
         done = await llm.chat("Name a colour.", max_tokens=8, logprobs=True, top_logprobs=3)
@@ -27,12 +29,15 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.stop import stop_base
 
 from ._config import (
+    DEFAULT_CIRCUIT,
     DEFAULT_CONNECT_TIMEOUT_S,
-    DEFAULT_LIMITS,
     DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_POOL_LIMITS,
     DEFAULT_RETRY,
     DEFAULT_STRUCTURED_RETRIES,
     DEFAULT_TIMEOUT_S,
+    Circuit,
+    CircuitBreaker,
     RetryPolicy,
 )
 from ._events import ModelCallEvent, emit
@@ -42,13 +47,22 @@ from ._exceptions import (
     ModelError,
     ModelTimeoutError,
     RateLimitedError,
-    RequestRejectedError,
-    ServerError,
     ServerUnavailableError,
     StructuredOutputError,
+    http_error,
 )
 from ._structured import DIALECTS, Dialect, InvalidOutput, Structured, constraint_body, structured_for, validate_output
-from ._types import ChatRequest, ChoiceOutput, Completion, JsonOutput, Message, OutputSpec, RegexOutput, Usage
+from ._types import (
+    DEFAULT_ANSWER_TOKENS,
+    ChatRequest,
+    ChoiceOutput,
+    Completion,
+    JsonOutput,
+    Message,
+    OutputSpec,
+    RegexOutput,
+    Usage,
+)
 from ._wire import (
     WireCompletion,
     decode_json,
@@ -62,15 +76,6 @@ from ._wire import (
 __all__ = ["ModelClient"]
 
 T = TypeVar("T")
-
-_HINTS = {
-    400: "fix the request (its parameters, or a prompt longer than the server's context window)",
-    401: "pass the right api_key to ModelClient",
-    403: "pass an api_key that is allowed to use this model",
-    404: "check base_url (it usually ends in /v1) and the model name",
-    413: "shorten the prompt",
-    422: "fix the parameter the server names (this server may not support it)",
-}
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -94,7 +99,10 @@ class _RetryAfterOver(stop_base):
 
 
 class ModelClient:
-    """An async client for one model on one OpenAI-compatible server; itself a `Model`."""
+    """An async client for one model on one OpenAI-compatible server; itself a `Model`.
+
+    `circuit`: when to stop calling a server that keeps failing (`CircuitBreaker`; None: never), on `clock`.
+    """
 
     def __init__(
         self,
@@ -111,6 +119,7 @@ class ModelClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         structured_retries: int = DEFAULT_STRUCTURED_RETRIES,
+        circuit: CircuitBreaker | None = DEFAULT_CIRCUIT,
     ) -> None:
         try:
             url = httpx.URL(base_url)
@@ -133,6 +142,10 @@ class ModelClient:
             raise ConfigError(f"timeout={timeout} must be positive (seconds): pass e.g. 120.0")
         if structured_retries < 0:
             raise ConfigError(f"structured_retries={structured_retries} must not be negative: pass 0 or more")
+        if circuit is not None and not isinstance(circuit, CircuitBreaker):
+            raise ConfigError(
+                f"circuit must be a CircuitBreaker or None, got {type(circuit).__name__}: pass CircuitBreaker(...)"
+            )
         self._base = base_url.rstrip("/")
         self._url = _display(self._base)
         self._model = model
@@ -145,11 +158,12 @@ class ModelClient:
         self._clock = clock
         self._structured_retries = structured_retries
         self._semaphore = asyncio.Semaphore(max_in_flight)
+        self._circuit = None if circuit is None else Circuit(circuit, clock, url=self._url, model=model)
         self._owns_http = http is None
         # a server on this machine is never reached through a proxy from the environment
         loopback = url.host in ("127.0.0.1", "localhost", "::1")
         self._http = http or httpx.AsyncClient(
-            transport=transport, limits=DEFAULT_LIMITS, timeout=self._timeout, trust_env=not loopback
+            transport=transport, limits=DEFAULT_POOL_LIMITS, timeout=self._timeout, trust_env=not loopback
         )
 
     # --- identity --------------------------------------------------------------------------------
@@ -165,6 +179,11 @@ class ModelClient:
     @property
     def dialect(self) -> Dialect:
         return self._dialect
+
+    @property
+    def circuit(self) -> Circuit | None:
+        """This client's circuit to its server (`.state`: "closed", "open" or "half-open"), or None."""
+        return self._circuit
 
     def __repr__(self) -> str:
         key = ", api_key='***'" if self._api_key is not None else ""
@@ -242,7 +261,7 @@ class ModelClient:
         self,
         prompt: str,
         *,
-        max_tokens: int = 256,
+        max_tokens: int = DEFAULT_ANSWER_TOKENS,
         temperature: float = 0.0,
         top_p: float | None = None,
         seed: int | None = None,
@@ -357,6 +376,8 @@ class ModelClient:
         start = clock()
         attempts = 0
         backoff = policy.backoff()
+        probe = [False]  # whether the attempt under way is a half-open circuit's probe (it gets one attempt)
+        reached = False  # whether any attempt reached the server (a refused connection, an open circuit do not)
 
         def on_this_clock(state: RetryCallState) -> None:
             # tenacity times attempts with time.monotonic; stop_before_delay is to count on the clock given here
@@ -365,7 +386,7 @@ class ModelClient:
         retrying = AsyncRetrying(
             stop=policy.stop() | _RetryAfterOver(policy.max_retry_after_s),
             wait=lambda state: max(_retry_after(state), backoff(state)),
-            retry=retry_if_exception(_retryable),
+            retry=retry_if_exception(lambda e: _retryable(e) and not probe[0]),
             after=on_this_clock,
             sleep=self._sleep,
             reraise=True,
@@ -374,43 +395,59 @@ class ModelClient:
             async for attempt in retrying:
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
-                    return await self._send(url, body)
+                    try:
+                        return await self._attempt(url, body, probe)
+                    except ModelError as exc:
+                        reached = reached or exc.usage is None
+                        raise
         except ModelError as exc:
+            exc.usage = None if reached else Usage()  # nothing reached the server: nothing was spent
             if not exc.retryable:
                 raise
-            raise self._gave_up(exc, attempts, self._clock() - start) from exc
+            if self._circuit is not None:
+                self._circuit.gave_up(exc)
+            raise self._gave_up(exc, attempts, self._clock() - start, probe=probe[0]) from exc
         raise AssertionError("unreachable: tenacity ended without a result or an error")  # pragma: no cover
+
+    async def _attempt(self, url: str, body: dict[str, Any], probe: list[bool]) -> Any:
+        """One attempt, under the cap on requests in flight, through the circuit: a call that waited for a
+        slot while the circuit opened fails fast too."""
+        async with self._semaphore:
+            if self._circuit is None:
+                return await self._send(url, body)
+            return await self._circuit.call(lambda: self._send(url, body), probe)
 
     async def _send(self, url: str, body: dict[str, Any]) -> Any:
         headers = {"Authorization": f"Bearer {self._api_key.get_secret_value()}"} if self._api_key else None
-        async with self._semaphore:
-            try:
-                response = await self._http.post(url, json=body, headers=headers, timeout=self._timeout)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-                raise ServerUnavailableError(
-                    f"could not reach the model server at {self._url} ({type(exc).__name__}): is the server running "
-                    f"there? Start one with `agentflow serve {self._model}`, or fix base_url",
-                    url=self._url,
-                ) from None
-            except httpx.TimeoutException as exc:
-                raise ModelTimeoutError(
-                    f"the model server at {self._url} did not answer within {self._timeout.read} s "
-                    f"({type(exc).__name__}): raise ModelClient(timeout=...), lower max_tokens, "
-                    "or lower max_in_flight on a busy server",
-                    url=self._url,
-                ) from None
-            except httpx.TransportError as exc:  # a proxy or protocol failure on the way
-                raise ServerUnavailableError(
-                    f"could not talk to the model server at {self._url} ({type(exc).__name__}: {exc}): check "
-                    "base_url, and any HTTP(S)_PROXY setting between you and the server",
-                    url=self._url,
-                ) from None
-            except httpx.DecodingError as exc:
-                raise BadResponseError(
-                    f"the server at {self._url} sent a body that could not be decoded ({exc}): check that base_url "
-                    "points at an OpenAI-compatible API",
-                    url=self._url,
-                ) from None
+        try:
+            response = await self._http.post(url, json=body, headers=headers, timeout=self._timeout)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            unsent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)  # no connection: nothing was sent
+            raise ServerUnavailableError(
+                f"could not reach the model server at {self._url} ({type(exc).__name__}): is the server running "
+                f"there? Start one with `agentflow serve {self._model}`, or fix base_url",
+                url=self._url,
+                usage=Usage() if unsent else None,
+            ) from None
+        except httpx.TimeoutException as exc:
+            raise ModelTimeoutError(
+                f"the model server at {self._url} did not answer within {self._timeout.read} s "
+                f"({type(exc).__name__}): raise ModelClient(timeout=...), lower max_tokens, "
+                "or lower max_in_flight on a busy server",
+                url=self._url,
+            ) from None
+        except httpx.TransportError as exc:  # a proxy or protocol failure on the way
+            raise ServerUnavailableError(
+                f"could not talk to the model server at {self._url} ({type(exc).__name__}: {exc}): check "
+                "base_url, and any HTTP(S)_PROXY setting between you and the server",
+                url=self._url,
+            ) from None
+        except httpx.DecodingError as exc:
+            raise BadResponseError(
+                f"the server at {self._url} sent a body that could not be decoded ({exc}): check that base_url "
+                "points at an OpenAI-compatible API",
+                url=self._url,
+            ) from None
         return self._answer(response)
 
     def _answer(self, response: httpx.Response) -> Any:
@@ -418,45 +455,10 @@ class ModelClient:
         if 200 <= status < 300:
             return decode_json(response, self._url)
         message = self._redact(server_message(response))
-        where = f"the model server at {self._url} answered HTTP {status}"
-        if status == 429:
-            retry_after = parse_retry_after(response.headers.get("retry-after"), time.time())
-            after = f" (Retry-After: {retry_after:g} s)" if retry_after is not None else ""
-            raise RateLimitedError(
-                f"{where} Too Many Requests{after}: {message}. Lower max_in_flight, or wait and try again",
-                retry_after=retry_after,
-                status_code=status,
-                server_message=message,
-                url=self._url,
-            )
-        if status >= 500 and is_request_validation_error(message):
-            raise RequestRejectedError(
-                f"{where} for a request it could not validate: {message}. Fix: {_HINTS[422]}",
-                status_code=status,
-                server_message=message,
-                url=self._url,
-            )
-        if status >= 500:
-            raise ServerError(
-                f"{where}: {message}. The server failed on its side: check its log; if it keeps failing, "
-                "the request may use a feature this server does not support",
-                status_code=status,
-                server_message=message,
-                url=self._url,
-            )
-        if 400 <= status < 500:
-            hint = _HINTS.get(status, "fix the request")
-            if status == 404:
-                hint += f" ({self._model!r})"
-            raise RequestRejectedError(
-                f"{where}: {message}. Fix: {hint}", status_code=status, server_message=message, url=self._url
-            )
-        raise BadResponseError(
-            f"{where} ({message}), which is not a completion: check that base_url is the API itself "
-            "(a redirect means it moved: use the new address)",
-            status_code=status,
-            server_message=message,
-            url=self._url,
+        retry_after = parse_retry_after(response.headers.get("retry-after"), time.time()) if status == 429 else None
+        validation = status >= 500 and is_request_validation_error(message)
+        raise http_error(
+            status, message, url=self._url, model=self._model, retry_after=retry_after, validation=validation
         )
 
     def _redact(self, text: str) -> str:
@@ -466,13 +468,20 @@ class ModelClient:
                 text = text.replace(secret, "***")
         return text
 
-    def _gave_up(self, exc: ModelError, attempts: int, elapsed: float) -> ModelError:
+    def _gave_up(self, exc: ModelError, attempts: int, elapsed: float, *, probe: bool) -> ModelError:
         policy = self._retry
-        message = (
-            f"{exc} [gave up after {attempts} attempt(s) in {elapsed:.1f} s; RetryPolicy allows "
-            f"{policy.max_attempts} attempts within {policy.max_total_s:g} s]"
-        )
-        kwargs: dict[str, Any] = {"status_code": exc.status_code, "server_message": exc.server_message, "url": exc.url}
+        if probe:  # a half-open circuit's probe gets one attempt; it failed, so the circuit is open again
+            assert self._circuit is not None
+            bounds = f"a circuit's probe gets one; the circuit is open again for {self._circuit.policy.cooldown_s:g} s"
+        else:
+            bounds = f"RetryPolicy allows {policy.max_attempts} attempts within {policy.max_total_s:g} s"
+        message = f"{exc} [gave up after {attempts} attempt(s) in {elapsed:.1f} s; {bounds}]"
+        kwargs: dict[str, Any] = {
+            "status_code": exc.status_code,
+            "server_message": exc.server_message,
+            "url": exc.url,
+            "usage": exc.usage,
+        }
         if isinstance(exc, RateLimitedError):
             return RateLimitedError(message, retry_after=exc.retry_after, **kwargs)
         return type(exc)(message, **kwargs)

@@ -47,7 +47,7 @@ from ._graph_plan import (
     Plan,
     as_update,
     merge,
-    merge1,
+    merge_one,
 )
 from ._types import Usage
 
@@ -96,7 +96,7 @@ def _start(node: NodePlan, state: BaseModel, run: RunState, visit: int) -> Any:
     return fn(state, Ctx(state, run.deps, run.run_id, node.name, visit)) if node.takes_ctx else fn(state)
 
 
-def _describe(node: NodePlan, e: BaseException, attempts: int) -> str:
+def _failure_message(node: NodePlan, e: BaseException, attempts: int) -> str:
     if isinstance(e, NodeFailedError):  # a subgraph's node failed: its message already names the fix
         return f"in its subgraph, {e}"
     if isinstance(e, TimeoutError) and node.timeout is not None:
@@ -114,7 +114,7 @@ def _describe(node: NodePlan, e: BaseException, attempts: int) -> str:
 
 def _failed(run: RunState, node: NodePlan, e: Exception, attempts: int) -> NodeFailedError:
     """The error for a node that raised `e` after `attempts` attempts (reported to the listeners first)."""
-    message = _describe(node, e, attempts)
+    message = _failure_message(node, e, attempts)
     if run.bus.listeners:
         run.bus.send(ErrorEvent(run.run_id, node.name, run.step, message, attempts, True))
     return NodeFailedError(node.name, message)
@@ -132,7 +132,7 @@ async def _call_guarded(node: NodePlan, state: BaseModel, run: RunState, visit: 
         if run.bus.listeners and rs.outcome is not None:
             exc = rs.outcome.exception()
             if exc is not None:
-                msg = _describe(node, exc, 1)
+                msg = _failure_message(node, exc, 1)
                 run.bus.send(ErrorEvent(run.run_id, node.name, run.step, msg, rs.attempt_number, False))
 
     retrying = AsyncRetrying(
@@ -332,7 +332,7 @@ async def run_steps(
                 raise
             steps.append(rec)
         if update:
-            state = merge1(plan, state, name, update)
+            state = merge_one(plan, state, name, update)
         nf = node.fast_next
         frontier = nf if nf is not None else _next(run, node, state, visit)
         run.step += 1

@@ -11,6 +11,7 @@ Every error says what was wrong and how to fix it.
     │   └── DatasetError            a dataset file or line that does not parse (names the line)
     ├── ModelError                  a model server call failed (status_code, server_message, retryable)
     │   ├── ServerUnavailableError  nothing answers at that URL (retryable)
+    │   │   └── CircuitOpenError    the server failed too often: calls fail fast until its cool-down ends
     │   ├── ModelTimeoutError       the request took longer than its timeout (retryable)
     │   ├── RateLimitedError        HTTP 429, honours Retry-After (retryable)
     │   ├── ServerError             HTTP 5xx (retryable)
@@ -28,21 +29,23 @@ Every error says what was wrong and how to fix it.
     │   ├── CycleLimitError         a bounded node reached past max_visits with no on_exhausted
     │   └── CheckpointError         a checkpoint could not be written or read back
     └── BudgetExceeded              a call would break a budget limit (spent, asked, limit)
+
+`http_error(status, ...)` is the one place an HTTP answer that is not a completion becomes its error.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from ._types import Usage
+from ._types import Usage
 
 __all__ = [
     "AgentFlowError",
     "BadResponseError",
     "BudgetExceeded",
     "CheckpointError",
+    "CircuitOpenError",
     "ConfidenceError",
     "ConfigError",
     "CycleLimitError",
@@ -125,7 +128,11 @@ class DatasetError(ConfigError):
 
 
 class ModelError(AgentFlowError):
-    """A model server call failed."""
+    """A model server call failed.
+
+    `usage` is what the failed call is known to have spent: `Usage()` when none of its attempts reached the
+    server (a refused connection, an open circuit), so a budget charges it nothing; None when unknown.
+    """
 
     retryable: bool = False
 
@@ -136,10 +143,12 @@ class ModelError(AgentFlowError):
         status_code: int | None = None,
         server_message: str | None = None,
         url: str | None = None,
+        usage: Usage | None = None,
     ) -> None:
         self.status_code = status_code
         self.server_message = server_message
         self.url = url
+        self.usage = usage
         super().__init__(message)
 
 
@@ -147,6 +156,22 @@ class ServerUnavailableError(ModelError):
     """Nothing answers at the server's URL (retried)."""
 
     retryable = True
+
+
+class CircuitOpenError(ServerUnavailableError):
+    """The client's circuit to a server is open: it failed `failures` calls in a row, so calls fail at once,
+    without reaching it, until `retry_at` (on the client's clock; `retry_in_s` from when this was raised).
+
+    Not `retryable`: a retry now fails the same way. A `Router` or `Cascade` falls back to its next rung.
+    """
+
+    retryable = False
+
+    def __init__(self, message: str, *, failures: int, retry_at: float, retry_in_s: float, url: str) -> None:
+        self.failures = failures
+        self.retry_at = retry_at
+        self.retry_in_s = retry_in_s
+        super().__init__(message, url=url, usage=Usage())
 
 
 class ModelTimeoutError(ModelError):
@@ -281,3 +306,56 @@ class BudgetExceeded(AgentFlowError):
         self.asked = dict(asked)
         self.allowed = allowed
         super().__init__(message)
+
+
+# --- the error for an HTTP answer ----------------------------------------------------------------
+
+_HINTS = {
+    400: "fix the request (its parameters, or a prompt longer than the server's context window)",
+    401: "pass the right api_key to ModelClient",
+    403: "pass an api_key that is allowed to use this model",
+    404: "check base_url (it usually ends in /v1) and the model name",
+    413: "shorten the prompt",
+    422: "fix the parameter the server names (this server may not support it)",
+}
+
+
+def http_error(
+    status: int,
+    message: str,
+    *,
+    url: str,
+    model: str,
+    retry_after: float | None = None,
+    validation: bool = False,
+) -> ModelError:
+    """The typed error for a model server's HTTP answer that is not a completion: `message` is the server's
+    (redacted), `retry_after` a 429's Retry-After in seconds, `validation` a 5xx that is really a request
+    the server could not validate (llama-cpp-python answers a bad parameter so)."""
+    where = f"the model server at {url} answered HTTP {status}"
+    fields: dict[str, Any] = {"status_code": status, "server_message": message, "url": url}
+    if status == 429:
+        after = f" (Retry-After: {retry_after:g} s)" if retry_after is not None else ""
+        return RateLimitedError(
+            f"{where} Too Many Requests{after}: {message}. Lower max_in_flight, or wait and try again",
+            retry_after=retry_after,
+            **fields,
+        )
+    if status >= 500 and validation:
+        return RequestRejectedError(
+            f"{where} for a request it could not validate: {message}. Fix: {_HINTS[422]}", **fields
+        )
+    if status >= 500:
+        return ServerError(
+            f"{where}: {message}. The server failed on its side: check its log; if it keeps failing, "
+            "the request may use a feature this server does not support",
+            **fields,
+        )
+    if 400 <= status < 500:
+        hint = _HINTS.get(status, "fix the request") + (f" ({model!r})" if status == 404 else "")
+        return RequestRejectedError(f"{where}: {message}. Fix: {hint}", **fields)
+    return BadResponseError(
+        f"{where} ({message}), which is not a completion: check that base_url is the API itself "
+        "(a redirect means it moved: use the new address)",
+        **fields,
+    )

@@ -187,7 +187,7 @@ def as_update(node: str, out: Any, state: BaseModel) -> dict[str, Any]:
     )
 
 
-def merge1(plan: Plan, state: BaseModel, node: str, update: dict[str, Any]) -> BaseModel:
+def merge_one(plan: Plan, state: BaseModel, node: str, update: dict[str, Any]) -> BaseModel:
     """`merge` for one update (the common case)."""
     if type(update) is Overwrite or plan.validate_steps or not plan.fast_copy:
         return merge(plan, state, [(node, update)])

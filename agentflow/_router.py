@@ -10,6 +10,10 @@ final, otherwise it escalates to the next rung. The top rung's answer is always 
     answer.meta["route"]         # every decision: model, score, threshold, escalated, why
     answer.usage                 # everything this answer cost: every rung tried and the estimator's calls
 
+A rung below the top whose server is down, or whose client's circuit is open (`ServerUnavailableError`,
+`CircuitOpenError`; `fallback_on` widens or narrows that), does not fail the question: the router falls
+back to the next rung at once and the decision says why. The top rung's failure is the question's.
+
 With a budget, every rung (and the estimator's extra calls) is charged to it. Under the "degrade"
 policy the router does not escalate to a rung it cannot afford: it returns the best answer so far
 with `meta["degraded"] = True` and the reason. Under "raise", the unaffordable call raises
@@ -39,7 +43,7 @@ from ._confidence import (
     TokenProb,
     Verifier,
 )
-from ._exceptions import ConfigError
+from ._exceptions import ConfigError, ModelError, ServerUnavailableError
 from ._types import ChatRequest, Completion, Model, Usage
 
 __all__ = ["RouteDecision", "Router"]
@@ -73,11 +77,7 @@ class RouteDecision:
             "escalated": self.escalated,
             "reason": self.reason,
             "degraded": self.degraded,
-            "estimator_usage": {
-                "requests": self.usage.requests,
-                "prompt_tokens": self.usage.prompt_tokens,
-                "completion_tokens": self.usage.completion_tokens,
-            },
+            "estimator_usage": self.usage.to_dict(),
         }
 
 
@@ -90,6 +90,9 @@ class Router:
     - `listener(decision)` is called for every decision; all decisions are also kept in `.decisions`.
     - `on_estimator_error`: what to do when the estimator raises ConfidenceError: "escalate"
       (default), "accept" the answer, or "raise".
+    - `fallback_on`: the model errors on a rung below the top that fall back to the next rung (recorded
+      in the decision) instead of failing the question. Default: a server that is down or whose circuit
+      is open; add e.g. ModelTimeoutError or ServerError to fall back on those too, or pass () to fail.
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class Router:
         budget: Budget | None = None,
         listener: Callable[[RouteDecision], None] | None = None,
         on_estimator_error: OnEstimatorError = "escalate",
+        fallback_on: tuple[type[ModelError], ...] = (ServerUnavailableError,),
         name: str | None = None,
     ) -> None:
         models = list(ladder)
@@ -117,6 +121,14 @@ class Router:
             raise ConfigError(f"router ladder has repeated model names {names}: give each rung a distinct name")
         if on_estimator_error not in ("escalate", "accept", "raise"):
             raise ConfigError(f"on_estimator_error must be 'escalate', 'accept' or 'raise', got {on_estimator_error!r}")
+        if not isinstance(fallback_on, tuple) or not all(
+            isinstance(e, type) and issubclass(e, ModelError) for e in fallback_on
+        ):
+            raise ConfigError(
+                f"fallback_on must be a tuple of ModelError classes, got {fallback_on!r}: pass e.g. "
+                "(ServerUnavailableError, ModelTimeoutError), or () to never fall back"
+            )
+        self.fallback_on = fallback_on
         self.budget = budget
         if budget is not None:
             models = [m if isinstance(m, BudgetedModel) and m.budget is budget else budget.wrap(m) for m in models]
@@ -160,53 +172,68 @@ class Router:
         total = Usage()
         last = len(self.ladder) - 1
         for i, model in enumerate(self.ladder):
-            # the top rung is never scored, so it gets the caller's request as is
-            completion = await model.complete(request if i == last else req)
-            total = total + completion.usage
-            if i == last:
-                self._record(RouteDecision(i, model.name, None, None, False, "top rung: its answer is final"), route)
-                return self._finish(completion, i, route, total)
-            threshold = self.thresholds[i]
-            score: float | None = None
-            usage = Usage()
-            try:
-                conf = await self._score(req, completion, model)
-            except ConfidenceError as e:
-                if self.on_estimator_error == "raise":
+            try:  # the top rung is never scored, so it gets the caller's request as is
+                completion = await model.complete(request if i == last else req)
+            except ModelError as e:
+                if i == last or not isinstance(e, self.fallback_on):
                     raise
-                if self.on_estimator_error == "accept":
-                    why = f"estimator failed ({e}); accepted as configured (on_estimator_error='accept')"
-                    self._record(RouteDecision(i, model.name, None, threshold, False, why), route)
-                    return self._finish(completion, i, route, total)
-                why = f"estimator failed ({e})"
+                score, usage, why = None, Usage(), f"no answer ({type(e).__name__}: {e})"
+                step = "falling back to the next rung"
             else:
-                score, usage = conf.score, conf.usage
+                total = total + completion.usage
+                if i == last:
+                    self._record(
+                        RouteDecision(i, model.name, None, None, False, "top rung: its answer is final"), route
+                    )
+                    return self._finish(completion, i, route, total)
+                score, usage, why, final = await self._verdict(i, model, req, completion)
                 total = total + usage
-                if score >= threshold:
-                    why = f"confident: score {score:.3f} >= threshold {threshold:.3f}"
-                    self._record(RouteDecision(i, model.name, score, threshold, False, why, usage=usage), route)
+                if final:
+                    self._record(
+                        RouteDecision(i, model.name, score, self.thresholds[i], False, why, usage=usage), route
+                    )
                     return self._finish(completion, i, route, total, score=score)
-                why = f"not confident: score {score:.3f} < threshold {threshold:.3f}"
-            answers.append((-1.0 if score is None else score, i, completion))
+                answers.append((-1.0 if score is None else score, i, completion))
+                step = "escalating"
+            threshold = self.thresholds[i]
             nxt = self.ladder[i + 1]
             nxt_req = request if i + 1 == last else req
-            if self.budget is not None and self.budget.degrades and not self.budget.can_afford(nxt_req, nxt):
-                reason = f"cannot afford the next rung {nxt.name!r} under budget {self.budget.name!r}"
-                self._record(
-                    RouteDecision(
-                        i, model.name, score, threshold, False, f"{why}; not escalated: {reason}", True, usage
-                    ),
-                    route,
-                )
-                self.budget.record_degradation(f"{self.name}: {reason}")
+            budget = self.budget
+            if answers and budget is not None and budget.degrades and not budget.can_afford(nxt_req, nxt):
+                reason = f"cannot afford the next rung {nxt.name!r} under budget {budget.name!r}"
+                why = f"{why}; not escalated: {reason}"
+                self._record(RouteDecision(i, model.name, score, threshold, False, why, True, usage), route)
+                budget.record_degradation(f"{self.name}: {reason}")
                 best_score, rung, best = max(answers, key=lambda a: (a[0], a[1]))
                 return self._finish(
                     best, rung, route, total, score=None if best_score < 0 else best_score, degraded=reason
                 )
-            self._record(RouteDecision(i, model.name, score, threshold, True, f"{why}; escalating", usage=usage), route)
-            if self.budget is not None:
-                self.budget.record_escalation(model.name, nxt.name)
+            self._record(RouteDecision(i, model.name, score, threshold, True, f"{why}; {step}", usage=usage), route)
+            if budget is not None:
+                budget.record_escalation(model.name, nxt.name)
         raise AssertionError("unreachable: the top rung always answers")  # pragma: no cover
+
+    async def _verdict(
+        self, i: int, model: Model, req: ChatRequest, completion: Completion
+    ) -> tuple[float | None, Usage, str, bool]:
+        """Rung `i`'s score for its answer, what scoring cost, why, and whether the answer is final."""
+        threshold = self.thresholds[i]
+        try:
+            conf = await self._score(req, completion, model)
+        except ConfidenceError as e:
+            if self.on_estimator_error == "raise":
+                raise
+            if self.on_estimator_error == "accept":
+                return (
+                    None,
+                    Usage(),
+                    f"estimator failed ({e}); accepted as configured (on_estimator_error='accept')",
+                    True,
+                )
+            return None, Usage(), f"estimator failed ({e})", False
+        if conf.score >= threshold:
+            return conf.score, conf.usage, f"confident: score {conf.score:.3f} >= threshold {threshold:.3f}", True
+        return conf.score, conf.usage, f"not confident: score {conf.score:.3f} < threshold {threshold:.3f}", False
 
     def _finish(
         self,
@@ -223,11 +250,7 @@ class Router:
             "route": [d.to_dict() for d in route],
             "rung": rung,
             "confidence": score,
-            "answer_usage": {
-                "requests": completion.usage.requests,
-                "prompt_tokens": completion.usage.prompt_tokens,
-                "completion_tokens": completion.usage.completion_tokens,
-            },
+            "answer_usage": completion.usage.to_dict(),
         }
         if degraded is not None:
             meta["degraded"] = True

@@ -14,6 +14,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from pydantic import BaseModel
 
 __all__ = [
+    "DEFAULT_ANSWER_TOKENS",
+    "DEFAULT_REASONING_TOKENS",
     "ChatRequest",
     "ChoiceOutput",
     "Completion",
@@ -28,6 +30,14 @@ __all__ = [
 ]
 
 Role = Literal["system", "user", "assistant"]
+
+DEFAULT_ANSWER_TOKENS = 32
+"""The `max_tokens` of a short answer (a name, a date, a number, yes/no): the default of a `ChatRequest`, and
+what compare, the CLI and the ready-made workflows ask for (so what a budget reserves for each answer)."""
+
+DEFAULT_REASONING_TOKENS = 160
+"""The `max_tokens` of a short chain of thought before its answer (`QADeps.reasoning_tokens`): on a CPU every
+generated token costs, and small models ramble."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +95,11 @@ OutputSpec = JsonOutput | RegexOutput | ChoiceOutput
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
-    """One chat completion request. Defaults are conservative: short output, greedy, no logprobs."""
+    """One chat completion request. Defaults are conservative: a short answer (`DEFAULT_ANSWER_TOKENS`),
+    greedy, no logprobs."""
 
     messages: tuple[Message, ...]
-    max_tokens: int = 256
+    max_tokens: int = DEFAULT_ANSWER_TOKENS
     temperature: float = 0.0
     top_p: float | None = None
     seed: int | None = None

@@ -8,6 +8,10 @@ Never for the main job: the CLI and the README's commands always talk to a real 
 - `FakeOpenAIServer([...])` is a scripted OpenAI-compatible server behind an `httpx.MockTransport`, for
   `ModelClient(..., transport=server.transport)`: completions, HTTP errors (`http_error(429, retry_after="2")`),
   garbage bodies (`garbage("<html>")`), connection errors and timeouts (any httpx exception in the script).
+- `FaultServer([Fault.status(503), Fault.ok("x")])` is a real OpenAI-compatible server on 127.0.0.1 (a free
+  port, a background thread) that injects faults per request: slow answers and hangs, 429 with and without
+  Retry-After, 5xx, connection resets mid-body, HTML, empty and truncated bodies, output that runs to
+  max_tokens, missing logprobs, megabyte and deeply nested bodies, and the server killed and restarted.
 """
 
 from __future__ import annotations
@@ -21,14 +25,18 @@ from dataclasses import dataclass
 
 import httpx
 
+from ._fault_server import Fault, FaultServer, SeenRequest
 from ._types import ChatRequest, Completion, TokenLogprob, Usage
 
 __all__ = [
     "FakeOpenAIServer",
     "FakeResponse",
+    "Fault",
+    "FaultServer",
     "FunctionModel",
     "Reply",
     "ScriptedModel",
+    "SeenRequest",
     "garbage",
     "http_error",
     "reply_to_completion",

@@ -25,6 +25,7 @@ from agentflow import (
     LearnedConfidence,
     Rung,
     ServerError,
+    ServerUnavailableError,
     StateUpdated,
     Thresholds,
     TokenLogprob,
@@ -278,7 +279,57 @@ async def test_a_failing_rung_raises_or_escalates_as_configured() -> None:
     assert result.rung == 1 and result.decisions[0].escalated and "ServerError" in result.decisions[0].why
 
 
+async def test_a_rung_whose_server_is_down_falls_back_whatever_on_error_says() -> None:
+    def down(req: Any) -> str:
+        raise ServerUnavailableError("could not reach the model server at http://x/v1")
+
+    budget = Budget()
+    large = ScriptedModel(["Jane Roe"], cycle=True, name=LARGE)
+    small = FunctionModel(down, name=SMALL)
+    rungs = [rung("direct", small, confidence=AgreementShare(), budget=budget), rung("direct", large, budget=budget)]
+    result = await Cascade(rungs, budget=budget).run(question())  # on_error="raise"
+    assert (result.rung, result.state.answer) == (1, "Jane Roe")
+    first = result.decisions[0]
+    assert first.escalated and first.score is None and first.started
+    assert first.why == (
+        "no answer (ServerUnavailableError: could not reach the model server at http://x/v1); "
+        "falling back to the next rung"
+    )
+    assert result.to_dict()["decisions"][0]["why"] == first.why and budget.bill().escalations == 1
+    with pytest.raises(Exception, match="could not reach"):
+        await Cascade(rungs, fallback_on=()).run(question())
+    with pytest.raises(Exception, match="could not reach"):  # the top rung's failure is the question's
+        first_large = rung("direct", large, confidence=AgreementShare())  # answers, but is never sure
+        await Cascade([first_large, rung("direct", FunctionModel(down, name="x"))]).run(question())
+
+
 # --- configuration errors -----------------------------------------------------------------------
+
+
+def test_workflow_defaults_and_the_k_check_come_from_one_place() -> None:
+    import inspect
+
+    from agentflow import DEFAULT_ANSWER_TOKENS, DEFAULT_REASONING_TOKENS, check_k
+    from agentflow.eval import top_paragraphs
+    from workflows import with_retrieval
+
+    small, _ = models([], [])
+    deps = QADeps(model=small)
+    assert (deps.max_tokens, deps.reasoning_tokens) == (DEFAULT_ANSWER_TOKENS, DEFAULT_REASONING_TOKENS)
+    assert inspect.signature(rung).parameters["max_tokens"].default == DEFAULT_ANSWER_TOKENS
+    assert rung("direct", small).deps.max_tokens == DEFAULT_ANSWER_TOKENS
+    assert check_k(3) == 3
+    message = "k must be >= 1, got 0: pass how many paragraphs the model should read"
+    for bad in (
+        lambda: check_k(0),
+        lambda: with_retrieval(build("direct"), k=0),
+        lambda: top_paragraphs("q", PARAS, k=0),
+        lambda: rung("direct", small, retrieve_k=0),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            bad()
+    with pytest.raises(ConfigError, match=r"retrieve_k must be >= 1, got True"):
+        check_k(True, name="retrieve_k")
 
 
 def test_configuration_mistakes_are_errors_that_say_the_fix() -> None:

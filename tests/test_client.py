@@ -289,6 +289,41 @@ async def test_unavailable_server_error_says_how_to_fix() -> None:
     assert "http://fake.test/v1" in msg and "agentflow serve m" in msg and "is the server running" in msg
 
 
+@pytest.mark.parametrize(
+    ("script", "error", "spent"),
+    [
+        pytest.param([httpx.ConnectError("refused")] * 2, ServerUnavailableError, Usage(), id="refused-every-time"),
+        pytest.param([httpx.ConnectTimeout("no")] * 2, ServerUnavailableError, Usage(), id="connect-timeout"),
+        pytest.param([httpx.ConnectError("refused"), 503], ServerError, None, id="refused-then-503"),
+        pytest.param([httpx.ReadError("reset")] * 2, ServerUnavailableError, None, id="reset-after-sending"),
+        pytest.param([400], RequestRejectedError, None, id="4xx"),
+    ],
+)
+async def test_an_error_says_when_no_attempt_reached_the_server(
+    script: list[BaseException | int], error: type[Exception], spent: Usage | None
+) -> None:
+    # a budget charges a failed call what its error says it spent: nothing, when no attempt reached the server
+    replies = [http_error(x) if isinstance(x, int) else FakeResponse(raise_=x) for x in script]
+    async with make(FakeOpenAIServer(replies), retry=RetryPolicy(max_attempts=2), circuit=None) as client:
+        with pytest.raises(error) as info:
+            await client.chat("hi")
+    assert getattr(info.value, "usage", "missing") == spent
+
+
+async def test_one_constant_decides_the_default_answer_length() -> None:
+    import inspect
+
+    from agentflow import DEFAULT_ANSWER_TOKENS, DEFAULT_REASONING_TOKENS
+
+    assert (DEFAULT_ANSWER_TOKENS, DEFAULT_REASONING_TOKENS) == (32, 160)  # the README's short answers, reasoning
+    assert ChatRequest.of("hi").max_tokens == DEFAULT_ANSWER_TOKENS
+    assert inspect.signature(ModelClient.text_complete).parameters["max_tokens"].default == DEFAULT_ANSWER_TOKENS
+    server = FakeOpenAIServer(["ok"])
+    async with make(server) as client:
+        await client.chat("hi")
+    assert server.requests[0]["max_tokens"] == DEFAULT_ANSWER_TOKENS
+
+
 async def test_timeout_error_names_the_timeout() -> None:
     server = FakeOpenAIServer([FakeResponse(raise_=httpx.ReadTimeout("slow"))], repeat_last=True)
     async with make(server, timeout=42.0) as client:

@@ -15,7 +15,7 @@ from agentflow._config import _Retry
 from agentflow._events import ErrorEvent, Event, NodeFinished, NodeStarted, RunFinished, StateUpdated
 from agentflow._exceptions import GraphRunError, RoutingError
 from agentflow._graph import END, START, Append, GraphBuilder, Reducer
-from agentflow._graph_plan import Plan, merge1
+from agentflow._graph_plan import Plan, merge_one
 
 
 class S(BaseModel):
@@ -553,7 +553,7 @@ def test_the_fast_state_copy_writes_every_private_field_pydantic_has() -> None:
         log: list[str] = []
 
     state = Loose(n=1, note="extra")
-    fast = merge1(Plan("p", Loose), state, "node", {"n": 2})
+    fast = merge_one(Plan("p", Loose), state, "node", {"n": 2})
     slow = state.model_copy(update={"n": 2})
     assert fast == slow and fast is not state and state.n == 1
     assert fast.model_fields_set == slow.model_fields_set == {"n", "note"}

@@ -9,10 +9,16 @@ from agentflow._budget import Budget, BudgetedModel, BudgetLimits, estimate_prom
 from agentflow._calibration import DEFAULT_THRESHOLD, Thresholds
 from agentflow._catalog import get_model
 from agentflow._confidence import Agreement, ConfidenceError, TokenProb, Verifier, estimator
-from agentflow._exceptions import BudgetExceeded, ConfigError
+from agentflow._exceptions import (
+    BudgetExceeded,
+    ConfigError,
+    ModelTimeoutError,
+    RequestRejectedError,
+    ServerUnavailableError,
+)
 from agentflow._router import RouteDecision, Router
 from agentflow._types import ChatRequest, Completion, Model, Usage
-from agentflow.testing import Reply, ScriptedModel
+from agentflow.testing import FunctionModel, Reply, ScriptedModel
 
 SMOKE, SMALL, LARGE = "smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"
 Q = ChatRequest.of("What is 2 + 2?", max_tokens=16)
@@ -166,6 +172,45 @@ async def test_default_thresholds_and_custom_name() -> None:
     assert router.name == "cascade" and router.thresholds == (DEFAULT_THRESHOLD,)
     out = await router.complete(Q)  # a score equal to the threshold clears it
     assert out.model == SMOKE
+
+
+def failing(error: Exception, name: str) -> FunctionModel:
+    def fn(req: ChatRequest) -> str:
+        raise error
+
+    return FunctionModel(fn, name=name)
+
+
+async def test_a_rung_whose_server_is_down_falls_back_to_the_next_with_the_reason() -> None:
+    down = failing(ServerUnavailableError("could not reach the model server at http://x/v1"), SMOKE)
+    b, c = ladder([], [Reply("4", prob=0.9)], [Reply("5")])[1:]
+    budget = Budget()
+    router = Router([down, b, c], thresholds=[0.7, 0.8], budget=budget)
+    out = await router.complete(Q)
+    assert (out.text, out.model) == ("4", SMALL) and c.requests == []
+    first, second = router.decisions
+    assert (first.model, first.score, first.threshold, first.escalated) == (SMOKE, None, 0.7, True)
+    assert first.reason == (
+        "no answer (ServerUnavailableError: could not reach the model server at http://x/v1); "
+        "falling back to the next rung"
+    )
+    assert not second.escalated and out.meta["route"][0]["reason"] == first.reason
+    assert out.usage.requests == 1 and budget.bill().escalations == 1
+
+
+async def test_which_errors_fall_back_is_configurable() -> None:
+    slow = failing(ModelTimeoutError("the model server did not answer within 1 s"), SMOKE)
+    large = ScriptedModel(["4"], cycle=True, name=LARGE)
+    with pytest.raises(ModelTimeoutError):  # not a fallback by default: the question fails
+        await Router([slow, large]).complete(Q)
+    out = await Router([slow, large], fallback_on=(ServerUnavailableError, ModelTimeoutError)).complete(Q)
+    assert out.model == LARGE and "ModelTimeoutError" in out.meta["route"][0]["reason"]
+    with pytest.raises(RequestRejectedError):  # a rejected request is the request's fault
+        await Router([failing(RequestRejectedError("HTTP 400"), SMOKE), large]).complete(Q)
+    with pytest.raises(ServerUnavailableError):  # the top rung's failure is the question's
+        await Router([large, failing(ServerUnavailableError("down"), SMALL)], thresholds=[1.0]).complete(Q)
+    with pytest.raises(ConfigError, match="fallback_on must be a tuple of ModelError classes"):
+        Router([slow, large], fallback_on=ServerUnavailableError)  # type: ignore[arg-type]
 
 
 async def test_router_inside_router() -> None:

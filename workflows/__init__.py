@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from agentflow import (
+    DEFAULT_ANSWER_TOKENS,
     Budget,
     BudgetedModel,
     ChatRequest,
@@ -99,7 +100,7 @@ def rung(
     budget: Budget | None = None,
     verifier: Model | None = None,
     rule: Rule | None = short_span_rule,
-    max_tokens: int = 32,
+    max_tokens: int = DEFAULT_ANSWER_TOKENS,
     logprobs: int | None = None,
     name: str | None = None,
 ) -> Rung[QAState, QADeps]:

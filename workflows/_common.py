@@ -17,7 +17,17 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict
 
-from agentflow import Append, Budget, ChatRequest, Completion, Message, Model, Signals
+from agentflow import (
+    DEFAULT_ANSWER_TOKENS,
+    DEFAULT_REASONING_TOKENS,
+    Append,
+    Budget,
+    ChatRequest,
+    Completion,
+    Message,
+    Model,
+    Signals,
+)
 from agentflow.eval import Paragraph
 
 __all__ = [
@@ -93,8 +103,8 @@ class QADeps:
     verifier: Model | None = None
     rule: Rule | None = None
     budget: Budget | None = None
-    max_tokens: int = 32
-    reasoning_tokens: int = 160
+    max_tokens: int = DEFAULT_ANSWER_TOKENS
+    reasoning_tokens: int = DEFAULT_REASONING_TOKENS
     logprobs: int = 0
 
 

@@ -1,7 +1,7 @@
 """Chain-of-thought: a few short reasoning sentences, then the answer on its own line.
 
-The reasoning budget is short by default (`QADeps.reasoning_tokens`, 160): on a CPU every generated
-token costs, and small models ramble.
+The reasoning budget is short by default (`QADeps.reasoning_tokens`: `agentflow.DEFAULT_REASONING_TOKENS`,
+160): on a CPU every generated token costs, and small models ramble.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ workflow: `with_retrieval(direct.build(), k=2)` runs retrieval, then that workfl
 
 from __future__ import annotations
 
-from agentflow import END, START, ConfigError, Graph, GraphBuilder
+from agentflow import END, START, Graph, GraphBuilder, check_k
 from agentflow.eval import top_paragraphs
 
 from ._common import QADeps, QAState
@@ -23,8 +23,7 @@ def retrieve(k: int) -> object:
 
 
 def with_retrieval(reader: Graph[QAState, QADeps], *, k: int = 2) -> Graph[QAState, QADeps]:
-    if k < 1:
-        raise ConfigError(f"retrieval needs k >= 1 paragraphs, got {k}")
+    check_k(k)
     g: GraphBuilder[QAState, QADeps] = GraphBuilder(QAState, deps=QADeps, name=f"retrieve{k}+{reader.name}")
     g.add_node("retrieve", retrieve(k))  # type: ignore[arg-type]
     g.add_node("read", reader)

@@ -15,9 +15,9 @@ from rich.table import Table
 import serving
 from serving import HOST, LlamaCppServer, VLLMServer
 
-from .._bill import DEFAULT_ANSWER_TOKENS
 from .._catalog import ROLES, ModelSpec, get_model
 from .._exceptions import ServingError
+from .._types import DEFAULT_ANSWER_TOKENS
 from ._app import cache_dir as _cache_dir
 from ._app import one_red_line as _one_red_line
 from ._app import run as _run

@@ -30,7 +30,8 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from .._exceptions import ConfigError, MissingDependencyError
+from .._config import check_k
+from .._exceptions import MissingDependencyError
 from ._data import Example, Paragraph
 
 __all__ = [
@@ -170,8 +171,7 @@ def top_paragraphs(
     settings: RetrievalSettings = DEFAULT_RETRIEVAL,
 ) -> list[Paragraph]:
     """The k paragraphs most relevant to the question, best first (or in original order with keep_order)."""
-    if k < 1:
-        raise ConfigError(f"k must be >= 1, got {k}: pass how many paragraphs the model should read")
+    check_k(k)
     chosen = [i for i, _ in _ranked(question, paragraphs, settings)[:k]]
     if keep_order:
         chosen.sort()
