@@ -16,7 +16,7 @@ from typer.testing import CliRunner, Result
 from agentflow import cli
 from agentflow.eval import CompareConfig, Comparison, ResponseCache, load_dataset
 from agentflow.testing import Fault, FaultServer, FunctionModel, Reply
-from workflows import solve
+from workflows import QAState, rung
 
 DATA = Path(__file__).parent / "data"
 SMALL, LARGE = "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"
@@ -99,7 +99,7 @@ def _warm_cache(tmp_path: Path) -> None:
 
     examples = load_dataset("hotpotqa", rows=[0, 1], data_dir=DATA)
     cfg = CompareConfig("hotpotqa", tuple(e.id for e in examples), arms=("small", "large"), small_model=SMALL)
-    comparison = Comparison(cfg, examples, model(SMALL), model(LARGE), tmp_path / "warm", solve)
+    comparison = Comparison(cfg, examples, model(SMALL), model(LARGE), tmp_path / "warm", rung, QAState)
     asyncio.run(comparison.run(tmp_path / "cache.sqlite"))
 
 
@@ -172,3 +172,56 @@ def test_one_constant_decides_the_answer_length_of_compare() -> None:
     assert DEFAULT_ANSWER_TOKENS == 32  # the README's "short answers (32 tokens)"
     assert inspect.signature(compare).parameters["max_tokens"].default == DEFAULT_ANSWER_TOKENS
     assert CompareOptions().max_tokens == CompareConfig("x", ()).max_tokens == DEFAULT_ANSWER_TOKENS
+
+
+def test_token_and_seconds_limits_the_split_and_concurrency_reach_the_run(tmp_path: Path) -> None:
+    with FaultServer(then=Fault.ok("yes")) as server:
+        result = _compare(
+            tmp_path, "--arms", "small", "--small-url", server.url, "--split", "evaluation", "--concurrency", "2",
+            "--max-tokens-per-question", "100000", "--max-seconds-per-question", "600",
+            "--max-tokens-per-run", "1000000", "--max-seconds-per-run", "3600",
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert md.startswith("# agentflow comparison (evaluation split)\n") and "- split: evaluation\n" in md
+    assert "- budget per question: total_tokens 100000, wall_time_s 600\n" in md
+    assert "- budget per run: total_tokens 1e+06, wall_time_s 3600\n" in md
+    assert "- questions at once: 2\n" in md
+    assert _report(tmp_path)["meta"]["config"]["split"] == "evaluation"
+
+
+def test_a_per_question_token_limit_refuses_what_does_not_fit_and_the_report_counts_it(tmp_path: Path) -> None:
+    with FaultServer(then=Fault.ok("yes")) as server:
+        result = _compare(tmp_path, "--arms", "small", "--small-url", server.url, "--max-tokens-per-question", "1")
+        assert server.hits == 0
+    assert result.exit_code == 1, result.output
+    assert "small: 2 of 2 questions cut short by the budget" in result.output and "total_tokens" in result.output
+    assert _report(tmp_path)["arms"][0]["degraded"] == 2
+
+
+def test_servers_given_by_url_answer_eight_questions_at_once_by_default(tmp_path: Path) -> None:
+    with FaultServer(then=Fault.ok("yes")) as server:
+        result = _compare(tmp_path, "--arms", "small", "--small-url", server.url)
+    assert result.exit_code == 0, result.output
+    assert _report(tmp_path)["meta"]["questions at once"] == 8
+    bad = _compare(tmp_path, "--arms", "small", "--small-url", _dead_url(), "--concurrency", "0")
+    assert bad.exit_code == 1 and "--concurrency 0: give 1 or more" in bad.output
+    helped = runner.invoke(cli.app, ["compare", "--help"], env={"COLUMNS": "300"})
+    assert "1 when a local llama.cpp server answers" in helped.output and "8 when every server is" in helped.output
+
+
+def test_the_console_prints_the_deferral_line_and_the_picture(tmp_path: Path) -> None:
+    with FaultServer(then=Fault.ok("yes")) as small, FaultServer(then=Fault.ok("no")) as large:
+        result = _compare(tmp_path, "--arms", "small,large,cascade", "--small-url", small.url, "--large-url", large.url)
+    assert result.exit_code == 0, result.output
+    assert "deferral (estimator mean): cascade: area over random" in result.output
+    assert str(tmp_path / "out" / "deferral.png") in result.output.replace("\n", "")
+    assert _report(tmp_path)["deferral"]["curves"]["cascade"]["n"] == 2
+
+
+def test_a_bad_learned_confidence_is_refused_before_any_server_starts(tmp_path: Path) -> None:
+    result = _compare(tmp_path, "--arms", "cascade", "--estimator", f"learned:{tmp_path / 'missing.json'}")
+    assert result.exit_code == 1 and "does not exist" in result.output
+    assert "starting local llama.cpp" not in result.output
+    wrong = _compare(tmp_path, "--arms", "cascade", "--estimator", "agreement")
+    assert wrong.exit_code == 1 and "use workflow 'sc'" in wrong.output

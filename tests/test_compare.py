@@ -15,7 +15,7 @@ import pytest
 from agentflow import ChatRequest, ConfigError, RunConfigMismatchError
 from agentflow.eval import CompareConfig, Comparison, load_dataset
 from agentflow.testing import FunctionModel, Reply
-from workflows import solve
+from workflows import QAState, rung
 
 DATA = Path(__file__).parent / "data"
 SMALL, LARGE = "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"
@@ -64,7 +64,7 @@ async def test_report_has_every_figure_per_arm_and_per_question(tmp_path: Path) 
     examples = _examples()
     small = oracle(SMALL, right={"enslaved worlds", "Scott Derrickson"}, prob=0.5)  # unsure: always escalates
     large = oracle(LARGE, right=set(GOLD), prob=0.95)
-    report = await Comparison(_config(examples), examples, small, large, tmp_path, solve).run()
+    report = await Comparison(_config(examples), examples, small, large, tmp_path, rung, QAState).run()
 
     arms = {a["name"]: a for a in report["arms"]}
     assert set(arms) == {"agent", "large", "small", "large-retrieval"}
@@ -98,7 +98,7 @@ async def test_confident_small_model_answers_alone(tmp_path: Path) -> None:
     examples = _examples()
     small = oracle(SMALL, right=set(GOLD), prob=0.99)
     large = oracle(LARGE, right=set(GOLD), prob=0.99)
-    report = await Comparison(_config(examples, arms=("agent",)), examples, small, large, tmp_path, solve).run()
+    report = await Comparison(_config(examples, arms=("agent",)), examples, small, large, tmp_path, rung, QAState).run()
     (agent,) = report["arms"]
     assert agent["escalation_rate"] == 0.0
     assert set(agent["tokens"]) == {SMALL}
@@ -120,7 +120,7 @@ async def test_cascade_escalates_unsure_answers_to_the_large_model_on_the_full_c
     small = _prob_by_question({"Kiss and Tell": 0.3, "Big Stone Gap": 0.5}, SMALL)
     large = oracle(LARGE, right=set(GOLD), prob=0.99)
     cfg = _config(examples, arms=("small", "large", "cascade"), threshold=0.8)
-    report = await Comparison(cfg, examples, small, large, tmp_path, solve).run(tmp_path / "cache.sqlite")
+    report = await Comparison(cfg, examples, small, large, tmp_path, rung, QAState).run(tmp_path / "cache.sqlite")
     arms = {a["name"]: a for a in report["arms"]}
     assert arms["cascade"]["escalation_rate"] == pytest.approx(0.4)
     escalated = {q["question"][:20]: q["arms"]["cascade"] for q in report["questions"]}
@@ -141,7 +141,8 @@ async def test_cascade_keeps_the_small_answer_when_the_budget_cannot_pay_for_the
     small = oracle(SMALL, right={"Scott Derrickson"}, prob=0.3)  # unsure everywhere: would always escalate
     large = oracle(LARGE, right=set(GOLD), prob=0.99)
     cfg = _config(examples, arms=("cascade",), threshold=0.8)
-    comparison = Comparison(cfg, examples, small, large, tmp_path, solve, question_limits=BudgetLimits(requests=1))
+    limits = BudgetLimits(requests=1)
+    comparison = Comparison(cfg, examples, small, large, tmp_path, rung, QAState, question_limits=limits)
     report = await comparison.run()
     (arm,) = report["arms"]
     assert large.requests == [] and arm["errors"] == 0 and arm["escalation_rate"] == 0.0
@@ -153,11 +154,11 @@ async def test_a_rerun_with_the_same_settings_costs_nothing(tmp_path: Path) -> N
     cache = tmp_path / "responses.sqlite"
     first_small, first_large = oracle(SMALL, right=set(GOLD), prob=0.5), oracle(LARGE, right=set(GOLD), prob=0.9)
     cfg = _config(examples, arms=("agent", "large"))
-    await Comparison(cfg, examples, first_small, first_large, tmp_path / "a", solve).run(cache)
+    await Comparison(cfg, examples, first_small, first_large, tmp_path / "a", rung, QAState).run(cache)
     assert first_small.requests and first_large.requests
 
     again_small, again_large = oracle(SMALL, right=set(), prob=0.5), oracle(LARGE, right=set(), prob=0.9)
-    report = await Comparison(cfg, examples, again_small, again_large, tmp_path / "b", solve).run(cache)
+    report = await Comparison(cfg, examples, again_small, again_large, tmp_path / "b", rung, QAState).run(cache)
     assert again_small.requests == [] and again_large.requests == []
     arms = {a["name"]: a for a in report["arms"]}
     assert arms["large"]["em"] == 1.0  # the cached answers, not the new (wrong) models
@@ -167,10 +168,10 @@ async def test_a_rerun_with_the_same_settings_costs_nothing(tmp_path: Path) -> N
 async def test_other_settings_in_the_same_folder_are_refused(tmp_path: Path) -> None:
     examples = _examples()
     small, large = oracle(SMALL, right=set(), prob=0.99), oracle(LARGE, right=set(), prob=0.99)
-    await Comparison(_config(examples, arms=("small",)), examples, small, large, tmp_path, solve).run()
+    await Comparison(_config(examples, arms=("small",)), examples, small, large, tmp_path, rung, QAState).run()
     with pytest.raises(RunConfigMismatchError):
         await Comparison(
-            _config(examples, arms=("small",), workflow="cot"), examples, small, large, tmp_path, solve
+            _config(examples, arms=("small",), workflow="cot"), examples, small, large, tmp_path, rung, QAState
         ).run()
 
 
@@ -187,7 +188,7 @@ KILLED_RUN = textwrap.dedent(
     from test_compare import _config, _examples, oracle, SMALL, LARGE, GOLD
     from agentflow.eval import Comparison
     from agentflow.testing import FunctionModel, Reply
-    from workflows import solve
+    from workflows import QAState, rung
 
     asked = Path({asked!r})
 
@@ -203,7 +204,8 @@ KILLED_RUN = textwrap.dedent(
     examples = _examples()
     small = FunctionModel(answer, name=SMALL)
     large = oracle(LARGE, right=set(GOLD), prob=0.99)
-    asyncio.run(Comparison(_config(examples, arms=("small",)), examples, small, large, Path({out!r}), solve).run())
+    cfg = _config(examples, arms=("small",))
+    asyncio.run(Comparison(cfg, examples, small, large, Path({out!r}), rung, QAState).run())
     """
 )
 
@@ -219,7 +221,8 @@ def test_a_killed_run_resumes_without_answering_any_question_twice(tmp_path: Pat
     examples = _examples()
     small = oracle(SMALL, right=set(GOLD), prob=0.99)
     large = oracle(LARGE, right=set(GOLD), prob=0.99)
-    report = asyncio.run(Comparison(_config(examples, arms=("small",)), examples, small, large, out, solve).run())
+    cfg = _config(examples, arms=("small",))
+    report = asyncio.run(Comparison(cfg, examples, small, large, out, rung, QAState).run())
     again = [next(k for k in GOLD if k in _question(r)) for r in small.requests]
     assert again == ["Big Stone Gap", "Scott Derrickson", "Laleli Mosque"]  # the two answered ones are kept
     assert report["arms"][0]["n"] == 5
@@ -228,10 +231,11 @@ def test_a_killed_run_resumes_without_answering_any_question_twice(tmp_path: Pat
 async def test_only_the_models_the_arms_call_are_needed(tmp_path: Path) -> None:
     examples = _examples()
     small = oracle(SMALL, right=set(GOLD), prob=0.99)
-    report = await Comparison(_config(examples, arms=("small",)), examples, small, None, tmp_path, solve).run()
+    report = await Comparison(_config(examples, arms=("small",)), examples, small, None, tmp_path, rung, QAState).run()
     assert report["arms"][0]["em"] == 1.0
     with pytest.raises(ConfigError, match="arms agent, cascade call the large model"):
-        Comparison(_config(examples, arms=("small", "agent", "cascade")), examples, small, None, tmp_path, solve)
+        cfg = _config(examples, arms=("small", "agent", "cascade"))
+        Comparison(cfg, examples, small, None, tmp_path, rung, QAState)
 
 
 async def test_a_failed_question_is_reported_and_asked_again_on_resume(tmp_path: Path) -> None:
@@ -243,14 +247,14 @@ async def test_a_failed_question_is_reported_and_asked_again_on_resume(tmp_path:
         raise ServerUnavailableError("could not reach the model server at http://127.0.0.1:9/v1: start it")
 
     first = await Comparison(
-        _config(examples, arms=("small",)), examples, FunctionModel(down, name=SMALL), None, tmp_path, solve
+        _config(examples, arms=("small",)), examples, FunctionModel(down, name=SMALL), None, tmp_path, rung, QAState
     ).run()
     (arm,) = first["arms"]
     assert arm["errors"] == 5 and arm["em"] == 0.0
     assert "could not reach the model server at http://127.0.0.1:9/v1: start it" in arm["first_error"]["error"]
 
     small = oracle(SMALL, right=set(GOLD), prob=0.99)
-    again = await Comparison(_config(examples, arms=("small",)), examples, small, None, tmp_path, solve).run()
+    again = await Comparison(_config(examples, arms=("small",)), examples, small, None, tmp_path, rung, QAState).run()
     assert len(small.requests) == 5 and again["arms"][0]["errors"] == 0 and again["arms"][0]["em"] == 1.0
 
 
@@ -259,15 +263,15 @@ async def test_a_cache_only_replay_asks_no_model(tmp_path: Path) -> None:
     cache = tmp_path / "cache.sqlite"
     cfg = _config(examples, arms=("small", "large"))
     small, large = oracle(SMALL, right=set(GOLD), prob=0.9), oracle(LARGE, right=set(GOLD), prob=0.9)
-    await Comparison(cfg, examples, small, large, tmp_path / "live", solve).run(cache)
+    await Comparison(cfg, examples, small, large, tmp_path / "live", rung, QAState).run(cache)
 
-    replay = Comparison(cfg, examples, None, None, tmp_path / "replay", solve, cache_only=True)
+    replay = Comparison(cfg, examples, None, None, tmp_path / "replay", rung, QAState, cache_only=True)
     report = await replay.run(cache)
     for arm in report["arms"]:
         assert (arm["em"], arm["answers_from_cache"], arm["flops_spent_now"]) == (1.0, 5, 0)
     assert report["meta"]["replay"].startswith("answers only from the response cache")
 
-    cold = await Comparison(cfg, examples, small, large, tmp_path / "cold", solve, cache_only=True).run(
+    cold = await Comparison(cfg, examples, small, large, tmp_path / "cold", rung, QAState, cache_only=True).run(
         tmp_path / "empty.sqlite"
     )
     assert [a["errors"] for a in cold["arms"]] == [5, 5]
@@ -287,7 +291,8 @@ async def test_a_run_budget_caps_the_whole_run_and_each_arm_has_its_bill(tmp_pat
         small,
         large,
         tmp_path,
-        solve,
+        rung,
+        QAState,
         run_limits=BudgetLimits(requests=3),
         on_arm=started.append,
     )

@@ -14,10 +14,10 @@ import pytest
 from agentflow import Bill, Budget, ChatRequest, ModelBill, get_model
 from agentflow._bill import Spend, cache_hit_bill, original_usage, spend_for
 from agentflow.eval import CompareConfig, Comparison, load_dataset
-from agentflow.eval._compare import ArmName
+from agentflow.eval._arms import ArmName
 from agentflow.eval._stores import CachedModel, ResponseCache
 from agentflow.testing import FunctionModel, Reply, ScriptedModel
-from workflows import solve
+from workflows import QAState, rung
 
 DATA = Path(__file__).parent / "data"
 SMALL, LARGE = "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"
@@ -56,7 +56,7 @@ def _shared_figures(arm: dict, bill: Bill) -> None:  # type: ignore[type-arg]
 async def test_the_report_of_a_compare_run_shows_the_bills_figures(tmp_path: Path) -> None:
     examples = load_dataset(DATA / "hotpotqa_dev.jsonl")
     cfg = CompareConfig("hotpotqa", tuple(e.id for e in examples), arms=ARMS, threshold=0.5)
-    comparison = Comparison(cfg, examples, _model(SMALL, 0.9), _model(LARGE, 0.95), tmp_path, solve)
+    comparison = Comparison(cfg, examples, _model(SMALL, 0.9), _model(LARGE, 0.95), tmp_path, rung, QAState)
     report = await comparison.run(tmp_path / "cache.sqlite")
     arms = {a["name"]: a for a in report["arms"]}
     assert set(comparison.bills) == set(ARMS)
@@ -76,7 +76,7 @@ async def test_the_report_of_a_compare_run_shows_the_bills_figures(tmp_path: Pat
 async def test_per_question_figures_sum_to_the_arms_bill(tmp_path: Path) -> None:
     examples = load_dataset(DATA / "hotpotqa_dev.jsonl")
     cfg = CompareConfig("hotpotqa", tuple(e.id for e in examples), arms=("agent",), threshold=0.5)
-    comparison = Comparison(cfg, examples, _model(SMALL, 0.9), _model(LARGE, 0.95), tmp_path, solve)
+    comparison = Comparison(cfg, examples, _model(SMALL, 0.9), _model(LARGE, 0.95), tmp_path, rung, QAState)
     report = await comparison.run()
     rows = [q["arms"]["agent"] for q in report["questions"]]
     bill = comparison.bills["agent"]

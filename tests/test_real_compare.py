@@ -37,16 +37,20 @@ def _run(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
 def test_compare_calibrate_and_a_free_rerun(tmp_path: Path) -> None:
     cache = str(tmp_path / "responses.sqlite")
     first = tmp_path / "first"
-    proc = _run("compare", "--rows", "0,250", *MODELS, "--arms", "agent,large,small", "--out", str(first),
+    proc = _run("compare", "--rows", "0,250", *MODELS, "--arms", "agent,large,small,cascade", "--out", str(first),
                 "--cache", cache)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "starting local llama.cpp servers" in proc.stdout
     assert "agent vs large: exact match" in proc.stdout and "the FLOPs" in proc.stdout  # the verdict line
     marks = proc.stdout.count("✓") + proc.stdout.count("✗")
-    assert marks == 2 * 3, proc.stdout  # a short run prints every answer of every arm, marked right or wrong
+    assert marks == 2 * 4, proc.stdout  # a short run prints every answer of every arm, marked right or wrong
     report = json.loads((first / "report.json").read_text())
     arms = {a["name"]: a for a in report["arms"]}
-    assert set(arms) == {"agent", "large", "small"}
+    assert set(arms) == {"agent", "large", "small", "cascade"}
+    # The cascade's rungs are the small and large arms' own calls: all from the cache, and its curve is drawn.
+    assert arms["cascade"]["flops_spent_now"] == 0 and arms["cascade"]["errors"] == 0
+    assert report["deferral"]["curves"]["cascade"]["available"] and (first / "deferral.png").stat().st_size > 1000
+    assert "deferral (estimator mean): cascade: area over random" in proc.stdout
     for arm in arms.values():
         assert arm["n"] == 2 and arm["errors"] == 0
         assert arm["flops"] > 0 and arm["prompt_tokens"] > 0 and arm["wall_s"] > 0

@@ -332,3 +332,26 @@ def test_energy_per_answer_is_in_the_report_and_labelled_estimated(tmp_path: Pat
     line = next(x for x in notes(report) if x.startswith("energy "))
     assert "estimated" in line and "J/FLOP" in line
     assert "J/q" in (tmp_path / "report.md").read_text()
+
+
+def test_a_record_keeps_its_rungs_and_degradations_through_json_and_the_store(tmp_path: Path) -> None:
+    from agentflow._budget import Budget
+    from agentflow.eval._metrics import Score
+    from agentflow.eval._report import RungRecord
+    from agentflow.eval._stores import RunStore
+
+    budget = Budget(policy="degrade")
+    budget.record_degradation("cascade: kept the small answer")
+    rungs = (
+        RungRecord(SMALL, 0.4, 0.7, True, "b", False, 1e9, why="not confident"),
+        RungRecord(LARGE, 0.9, None, False, "a", True, 5e9, why="top rung"),
+    )
+    rec = QuestionRecord.from_bill("q0", budget.bill(), "a", Score(1.0, 1.0), rungs=rungs, degradations=("also",))
+    assert rec.degradations == ("cascade: kept the small answer", "also")
+    assert QuestionRecord.from_json(json.loads(json.dumps(rec.to_json()))) == rec
+    with RunStore(tmp_path / "a.sqlite") as store:
+        store.save("cascade", rec)
+        assert store.get("cascade", "q0") == rec
+    arm = build_report([ArmResult.from_records("cascade", [rec])])["arms"][0]
+    assert arm["degraded"] == 1
+    assert arm["first_degradation"] == {"question_id": "q0", "why": "cascade: kept the small answer"}

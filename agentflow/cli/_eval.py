@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,8 @@ from ._app import one_red_line as _one_red_line
 from ._app import run as _run
 
 if TYPE_CHECKING:
-    from ..eval._compare import ArmName
+    from .._budget import BudgetLimits
+    from ..eval._arms import ArmName, Role
 
 __all__ = ["CompareOptions", "calibrate", "compare", "graph"]
 
@@ -81,7 +82,7 @@ def _parse_row_ranges(text: str) -> list[int]:
 
 
 def _parse_arms(text: str) -> tuple[ArmName, ...]:
-    from ..eval._compare import ARMS
+    from ..eval._arms import ARMS
 
     by_name: dict[str, ArmName] = {a: a for a in ARMS}
     names = [a.strip() for a in text.split(",") if a.strip()]
@@ -123,6 +124,37 @@ class CompareOptions:
     replay: bool = False
     max_flops_per_question: float | None = None
     max_flops_per_run: float | None = None
+    max_tokens_per_question: int | None = None
+    max_tokens_per_run: int | None = None
+    max_seconds_per_question: float | None = None
+    max_seconds_per_run: float | None = None
+    concurrency: int | None = None  # None: 1 when a local llama.cpp server answers, else URL_CONCURRENCY
+    split: str | None = None
+
+
+URL_CONCURRENCY = 8
+"""Questions at once when every server is given by URL (or none is asked): a vLLM server batches them."""
+
+
+def _limits(flops: float | None, tokens: int | None, seconds: float | None) -> BudgetLimits | None:
+    """The budget limits of the `--max-*-per-question` (or `-per-run`) flags; None when none is set."""
+    from .._budget import BudgetLimits
+
+    if flops is None and tokens is None and seconds is None:
+        return None
+    return BudgetLimits(flops=flops, total_tokens=tokens, wall_time_s=seconds)
+
+
+def _concurrency(o: CompareOptions, roles: Sequence[Role]) -> int:
+    """`--concurrency`, or its default: 1 when a local llama.cpp server answers (it serves one request at a
+    time), else URL_CONCURRENCY."""
+    if o.concurrency is not None:
+        if o.concurrency < 1:
+            raise ConfigError(f"--concurrency {o.concurrency}: give 1 or more questions at once")
+        return o.concurrency
+    urls = {"small": o.small_url, "large": o.large_url}
+    local = not o.replay and any(not urls[role] for role in roles)
+    return 1 if local else URL_CONCURRENCY
 
 
 def compare(
@@ -141,8 +173,10 @@ def compare(
     estimator: Annotated[
         str,
         typer.Option(
-            help="confidence from token probabilities: mean, geomean, min, joint; "
-            "add :variants to count 'Yes' and 'yes' as one answer"
+            help="the cascades' confidence, read from the small rung's final state: mean, geomean, min, joint "
+            "(token probability of the answer; add :variants to count 'Yes' and 'yes' as one answer), agreement "
+            "(with --workflow sc), verifier (with --workflow verify: each rung's own model judges its answer), "
+            "learned:PATH (a LearnedConfidence saved as JSON)"
         ),
     ] = "mean",
     max_tokens: Annotated[int, typer.Option(help="the length limit of an answer, in tokens")] = DEFAULT_ANSWER_TOKENS,
@@ -172,11 +206,33 @@ def compare(
         typer.Option(help="budget: FLOPs one question may spend (the cascade then keeps the small answer)"),
     ] = None,
     max_flops_per_run: Annotated[float | None, typer.Option(help="budget: FLOPs the whole run may spend")] = None,
+    max_tokens_per_question: Annotated[
+        int | None, typer.Option(help="budget: prompt + completion tokens one question may spend")
+    ] = None,
+    max_tokens_per_run: Annotated[
+        int | None, typer.Option(help="budget: prompt + completion tokens the whole run may spend")
+    ] = None,
+    max_seconds_per_question: Annotated[
+        float | None, typer.Option(help="budget: seconds one question may take (no call starts after)")
+    ] = None,
+    max_seconds_per_run: Annotated[float | None, typer.Option(help="budget: seconds the whole run may take")] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            help="questions answered at once (results are the same as one at a time). Default: 1 when a local "
+            f"llama.cpp server answers (it serves one request at a time), {URL_CONCURRENCY} when every server is "
+            "given by URL (a vLLM server batches them) or with --replay"
+        ),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="the split these rows are (e.g. tuning, evaluation): the report says it")
+    ] = None,
 ) -> None:
-    """Agent of small models against the single large model, on the same questions: table, report, picture.
+    """Agent of small models against the single large model, on the same questions: table, report, pictures.
 
-    Exits 1 when a server given by URL does not answer (before any question), and when an arm answered no
-    question at all."""
+    Per-question and per-run limits degrade: a cascade that cannot afford its large rung keeps the small
+    answer, a question that cannot be afforded is not answered; the report counts both. Exits 1 when a
+    server given by URL does not answer (before any question), and when an arm answered no question at all."""
     with _one_red_line():
         options = CompareOptions(
             dataset=dataset,
@@ -200,6 +256,12 @@ def compare(
             replay=replay,
             max_flops_per_question=max_flops_per_question,
             max_flops_per_run=max_flops_per_run,
+            max_tokens_per_question=max_tokens_per_question,
+            max_tokens_per_run=max_tokens_per_run,
+            max_seconds_per_question=max_seconds_per_question,
+            max_seconds_per_run=max_seconds_per_run,
+            concurrency=concurrency,
+            split=split,
         )
     if _run(_compare(options)):
         raise typer.Exit(1)
@@ -225,13 +287,13 @@ async def _check_server(url: str, flag: str, model: str, *, timeout_s: float = 1
 
 async def _compare(o: CompareOptions) -> bool:
     """Run the comparison and print it; True when some arm answered no question (the command then exits 1)."""
-    from workflows import WORKFLOWS, solve
+    from workflows import WORKFLOWS, QAState, rung
 
-    from .._budget import BudgetLimits
     from .._client import ModelClient
-    from ..eval._compare import CompareConfig, Comparison, Role, roles_needed
+    from ..eval._arms import estimator_kind, roles_needed
+    from ..eval._compare import CompareConfig, Comparison
     from ..eval._data import load_dataset
-    from ..eval._report_render import notes, render_table, verdicts
+    from ..eval._report_render import deferral_line, notes, render_table, verdicts
 
     if o.workflow not in WORKFLOWS:
         raise ConfigError(f"unknown workflow {o.workflow!r}: choose one of {', '.join(WORKFLOWS)}")
@@ -261,13 +323,19 @@ async def _compare(o: CompareOptions) -> bool:
         max_tokens=o.max_tokens,
         small_model=names["small"],
         large_model=names["large"],
+        split=o.split,
     )
     if o.thresholds is not None:  # a missing or mismatched file is refused before any server starts
         from .._calibration import Thresholds
 
         Thresholds.load(o.thresholds).for_ladder([names["small"], names["large"]])
-    question_limits = None if o.max_flops_per_question is None else BudgetLimits(flops=o.max_flops_per_question)
-    run_limits = None if o.max_flops_per_run is None else BudgetLimits(flops=o.max_flops_per_run)
+    kind, path = estimator_kind(o.estimator)
+    if kind == "learned":  # likewise a missing or bad learned confidence
+        from .._learned import LearnedConfidence
+
+        LearnedConfidence.load(path)
+    question_limits = _limits(o.max_flops_per_question, o.max_tokens_per_question, o.max_seconds_per_question)
+    run_limits = _limits(o.max_flops_per_run, o.max_tokens_per_run, o.max_seconds_per_run)
     cache_path = o.cache or (_cache_dir() or DEFAULT_CACHE_DIR.parent) / "responses.sqlite"
     if o.replay and not cache_path.exists():
         raise ConfigError(
@@ -277,6 +345,7 @@ async def _compare(o: CompareOptions) -> bool:
     console = Console(width=None if sys.stdout.isatty() else 150)
     urls: dict[Role, str | None] = {"small": o.small_url, "large": o.large_url}
     roles = roles_needed(config.arms)  # start and check only the servers the chosen arms call
+    concurrency = _concurrency(o, roles)
     async with AsyncExitStack() as stack:
         clients: dict[Role, ModelClient] = {}
         if o.replay:
@@ -320,10 +389,12 @@ async def _compare(o: CompareOptions) -> bool:
                 clients.get("small"),
                 clients.get("large"),
                 o.out,
-                solve,
+                rung,
+                QAState,
                 question_limits=question_limits,
                 run_limits=run_limits,
                 cache_only=o.replay,
+                concurrency=concurrency,
                 rows=rows if rows is not None and len(rows) == len(examples) else range(len(examples)),
                 on_arm=arm_started,
                 on_question=advance,
@@ -340,7 +411,11 @@ async def _compare(o: CompareOptions) -> bool:
         console.print(line)
     for line in notes(report):
         console.print(escape(line), soft_wrap=True)
-    console.print(f"report: {o.out / 'report.json'}, {o.out / 'report.md'}, {o.out / 'pareto.png'}")
+    deferral = deferral_line(report)
+    if deferral is not None:
+        console.print(escape(deferral), soft_wrap=True)
+    pictures = [o.out / name for name in ("pareto.png", "deferral.png") if (o.out / name).exists()]
+    console.print(f"report: {', '.join(str(p) for p in [o.out / 'report.json', o.out / 'report.md', *pictures])}")
     if (o.out / "calibration.jsonl").exists():
         console.print(f"labelled confidences for `agentflow calibrate`: {o.out / 'calibration.jsonl'}")
     failed = [a for a in report["arms"] if a["n"] and a["errors"] == a["n"]]

@@ -3,13 +3,15 @@
 Datasets (the bundled HotpotQA, 2WikiMultihopQA, StrategyQA and GSM8K sets, your own JSONL, or a
 Hugging Face `datasets.Dataset`), metrics with bootstrap intervals, BM25 retrieval, the answer store
 and the response cache that make a killed run resumable and a rerun free, labelled confidences for
-calibration, and `Comparison`: an agent of small models against a single large model, with a report.
+calibration, and `Comparison`: an agent of small models against a single large model, with a report
+and the deferral curves of its cascades.
 
 It imports the core (`agentflow`) and is never imported by it.
 """
 
+from ._arms import ARMS, RungFactory, StateFactory
 from ._calibration_data import calibrate_file, collect_examples
-from ._compare import ARMS, CompareConfig, Comparison
+from ._compare import CompareConfig, Comparison
 from ._data import Example, Paragraph, from_hf_dataset, from_records, load_dataset
 from ._deferral import DeferralCurve, Deferred, deferral_curve, plot_deferral
 from ._metrics import (
@@ -21,7 +23,7 @@ from ._metrics import (
     score,
     yes_no_match,
 )
-from ._report import ArmResult, QuestionRecord, write_report
+from ._report import ArmResult, QuestionRecord, RungRecord, write_report
 from ._retrieval import RetrievalSettings, bm25_scores, rank_paragraphs, supporting_recall, top_paragraphs
 from ._stores import CachedModel, ResponseCache, RunStore
 
@@ -39,6 +41,9 @@ __all__ = [
     "ResponseCache",
     "RetrievalSettings",
     "RunStore",
+    "RungFactory",
+    "RungRecord",
+    "StateFactory",
     "bm25_scores",
     "bootstrap_ci",
     "calibrate_file",

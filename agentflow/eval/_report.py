@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from .._energy import energy_for, energy_summary
 from .._exceptions import UnknownModelError
 from .._types import Usage
 from ._data import Example
+from ._deferral import plot_deferral_section
 from ._metrics import Interval, Score, bootstrap_ci, paired_bootstrap_diff
 from ._report_render import plot_pareto, render_markdown
 
@@ -38,6 +39,7 @@ __all__ = [
     "REPORT_VERSION",
     "ArmResult",
     "QuestionRecord",
+    "RungRecord",
     "build_report",
     "interval_note",
     "original_usage",
@@ -80,6 +82,34 @@ def _sum_usage(items: Sequence[Mapping[str, Usage]]) -> dict[str, Usage]:
 
 
 @dataclass(frozen=True, slots=True)
+class RungRecord:
+    """One rung of a cascade arm on one question: its confidence `score` against `threshold`, whether the
+    question went on (`escalated`), the rung's own `answer` and whether it was right (also when the
+    question went on), what the rung cost (`flops`, cache hits at their original cost), and why. `started`
+    is False for a rung the budget could not afford (`degraded`: a better answer was not sought); `error`
+    holds a failed rung's error."""
+
+    name: str
+    score: float | None = None
+    threshold: float | None = None
+    escalated: bool = False
+    answer: str = ""
+    correct: bool = False
+    flops: float = 0.0
+    started: bool = True
+    degraded: bool = False
+    why: str = ""
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(d: Mapping[str, Any]) -> RungRecord:
+        return RungRecord(**{f.name: d[f.name] for f in fields(RungRecord) if f.name in d})
+
+
+@dataclass(frozen=True, slots=True)
 class QuestionRecord:
     """One arm's outcome on one question.
 
@@ -88,7 +118,10 @@ class QuestionRecord:
     likewise counts every call, `cached_flops` the part served from the cache (None in records written
     before it was kept: then it is derived from `cached_usage`). Build it with `from_bill`.
     `model` is the model whose answer was kept; `escalated` says a larger rung was used.
-    `error` holds a message when the question failed (it then counts as wrong).
+    `error` holds a message when the question failed (it then counts as wrong). `rungs` (cascade arms
+    only) says what each rung scored, decided, answered and cost; `degradations` why the budget cut the
+    question short (a cheaper answer kept, or no answer). Records stored before these were kept load with
+    none.
     """
 
     question_id: str
@@ -104,6 +137,8 @@ class QuestionRecord:
     error: str | None = None
     confidence: float | None = None
     cached_flops: float | None = None
+    rungs: tuple[RungRecord, ...] = ()
+    degradations: tuple[str, ...] = ()
 
     @staticmethod
     def from_bill(
@@ -117,9 +152,12 @@ class QuestionRecord:
         escalated: bool = False,
         error: str | None = None,
         confidence: float | None = None,
+        rungs: Sequence[RungRecord] = (),
+        degradations: Sequence[str] = (),
     ) -> QuestionRecord:
         """The record of a question whose calls were all booked on one budget scope (its `bill()`):
-        usage and FLOPs are the bill's, cache hits counted at their original cost."""
+        usage and FLOPs are the bill's, cache hits counted at their original cost; the bill's degradations
+        and then `degradations` (e.g. the question refused by the budget) are the record's."""
         models = sorted(bill.models.items())
         return QuestionRecord(
             question_id=question_id,
@@ -135,6 +173,8 @@ class QuestionRecord:
             error=error,
             confidence=confidence,
             cached_flops=sum(mb.from_cache.flops for _, mb in models),
+            rungs=tuple(rungs),
+            degradations=(*bill.degradations, *degradations),
         )
 
     @property
@@ -180,6 +220,8 @@ class QuestionRecord:
             "error": self.error,
             "confidence": self.confidence,
             "cached_flops": self.cached_flops,
+            "rungs": [r.to_json() for r in self.rungs],
+            "degradations": list(self.degradations),
         }
 
     @staticmethod
@@ -198,6 +240,8 @@ class QuestionRecord:
             error=d.get("error"),
             confidence=None if d.get("confidence") is None else float(d["confidence"]),
             cached_flops=None if d.get("cached_flops") is None else float(d["cached_flops"]),
+            rungs=tuple(RungRecord.from_json(r) for r in d.get("rungs") or ()),
+            degradations=tuple(str(x) for x in d.get("degradations") or ()),
         )
 
 
@@ -289,6 +333,15 @@ class ArmResult:
         return sum(r.error is not None for r in self.records)
 
     @property
+    def degraded(self) -> int:
+        """Questions the budget cut short: a cheaper answer kept, or no answer at all."""
+        return sum(bool(r.degradations) for r in self.records)
+
+    @property
+    def first_degraded(self) -> QuestionRecord | None:
+        return next((r for r in self.records if r.degradations), None)
+
+    @property
     def first_error(self) -> QuestionRecord | None:
         """The first failed record (in the order the records were made), whose error is shown in full."""
         return next((r for r in self.records if r.error is not None), None)
@@ -315,6 +368,7 @@ def _arm_json(arm: ArmResult, *, seed: int) -> dict[str, Any]:
     usage = arm.usage
     cached = arm.cached_usage
     first = arm.first_error
+    cut = arm.first_degraded
     return {
         "name": arm.name,
         "n": arm.n,
@@ -339,6 +393,8 @@ def _arm_json(arm: ArmResult, *, seed: int) -> dict[str, Any]:
         "escalation_rate": _num(arm.escalation_rate),
         "errors": arm.errors,
         "first_error": None if first is None else {"question_id": first.question_id, "error": first.error},
+        "degraded": arm.degraded,
+        "first_degradation": None if cut is None else {"question_id": cut.question_id, "why": cut.degradations[0]},
         **energy_summary(energy_for(arm.wall_s, arm.flops), arm.n),
         "energy_j_spent_now": energy_for(arm.wall_s, max(arm.flops - arm.flops_from_cache, 0.0)).joules,
     }
@@ -397,6 +453,9 @@ def _rows(arms: Sequence[ArmResult], examples: Sequence[Example] | None) -> list
                 "wall_s": round(rec.wall_s, 3),
                 "escalated": rec.escalated,
                 "error": rec.error,
+                **({"confidence": rec.confidence} if rec.confidence is not None else {}),
+                **({"rungs": [r.to_json() for r in rec.rungs]} if rec.rungs else {}),
+                **({"degradations": list(rec.degradations)} if rec.degradations else {}),
             }
             for arm, recs in zip(arms, lookup, strict=True)
             if (rec := recs.get(qid)) is not None
@@ -412,20 +471,25 @@ def build_report(
     *,
     meta: Mapping[str, Any] | None = None,
     seed: int = 0,
+    deferral: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report.json content: per-arm totals with a 95% bootstrap interval for EM (marked not
     informative below MIN_N_FOR_INTERVAL questions), paired EM differences between every pair of arms
-    (b - a), and one row per question. `meta` is shown in report.md as a list, except its "config"."""
+    (b - a), and one row per question. `meta` is shown in report.md as a list, except its "config";
+    `deferral` (`_deferral.deferral_section`) is kept under "deferral"."""
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
         raise ValueError(f"arm names must be unique, got {names}: name each arm after its model or workflow")
-    return {
+    report: dict[str, Any] = {
         "version": REPORT_VERSION,
         "meta": dict(meta or {}),
         "arms": [_arm_json(a, seed=seed) for a in arms],
         "comparisons": _comparisons(arms, seed=seed),
-        "questions": _rows(arms, examples),
     }
+    if deferral is not None:
+        report["deferral"] = dict(deferral)
+    report["questions"] = _rows(arms, examples)
+    return report
 
 
 # --- renderings -----------------------------------------------------------------------------------
@@ -439,13 +503,17 @@ def write_report(
     meta: Mapping[str, Any] | None = None,
     plot: bool = True,
     seed: int = 0,
+    deferral: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write report.json, report.md and (with plot=True, needs matplotlib) pareto.png into out_dir."""
+    """Write report.json, report.md and (with plot=True, needs matplotlib) pareto.png into out_dir, and
+    deferral.png when `deferral` holds a curve."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = build_report(arms, examples, meta=meta, seed=seed)
+    report = build_report(arms, examples, meta=meta, seed=seed, deferral=deferral)
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
     if plot:
         plot_pareto(report, out / "pareto.png")
+        if deferral is not None and any(c.get("available") for c in deferral.get("curves", {}).values()):
+            plot_deferral_section(deferral, out / "deferral.png")
     return report

@@ -16,7 +16,7 @@ from .._exceptions import MissingDependencyError
 if TYPE_CHECKING:
     from rich.table import Table
 
-__all__ = ["CACHE_MARK", "notes", "plot_pareto", "render_markdown", "render_table", "verdicts"]
+__all__ = ["CACHE_MARK", "deferral_line", "notes", "plot_pareto", "render_markdown", "render_table", "verdicts"]
 
 
 def _pct(x: float | None) -> str:
@@ -128,6 +128,59 @@ def notes(report: Mapping[str, Any]) -> list[str]:
                 f"{a['name']}: {a['errors']} of {a['n']} questions failed; the first "
                 f"(question {first.get('question_id')}): {first.get('error')}"
             )
+    for a in report["arms"]:
+        if a.get("degraded"):
+            cut = a.get("first_degradation") or {}
+            lines.append(
+                f"{a['name']}: {a['degraded']} of {a['n']} questions cut short by the budget (a cheaper answer "
+                f"kept, or none); the first (question {cut.get('question_id')}): {cut.get('why')}"
+            )
+    return lines
+
+
+def _curve_text(arm: str, c: Mapping[str, Any]) -> str:
+    if not c.get("available"):
+        return f"{arm}: no curve ({c.get('why')})"
+    lo_hi = c.get("area_interval")
+    spread = f"95% CI {lo_hi[0]:+.3f} to {lo_hi[1]:+.3f}" if lo_hi else f"n={c['n']}: too few for an interval"
+    recovered = c.get("recovered")
+    share = "" if recovered is None else f", {100 * recovered:.0f}% of the oracle's"
+    roc = f"AUROC {c['auroc']:.2f}" if c.get("auroc") is not None else f"no AUROC ({c.get('auroc_note')})"
+    return (
+        f"{arm}: area over random {c['area_over_random']:+.3f} ({spread}){share}; {roc} on {c['auroc_n']} "
+        f"scored of {c['n']} questions (large rung from the {c['reference']} arm)"
+    )
+
+
+def deferral_line(report: Mapping[str, Any]) -> str | None:
+    """One line: how well the estimator's score picks the questions to escalate, per cascade arm (None for a
+    report without a deferral section)."""
+    section = report.get("deferral")
+    if section is None:
+        return None
+    head = f"deferral (estimator {section.get('estimator')})"
+    curves = section.get("curves") or {}
+    if not curves:
+        return f"{head}: no curve ({section.get('why')})"
+    return f"{head}: " + "; ".join(_curve_text(arm, c) for arm, c in curves.items())
+
+
+def _deferral_markdown(section: Mapping[str, Any]) -> list[str]:
+    lines = ["", f"## Deferral (estimator {section.get('estimator')})", ""]
+    lines.append(
+        "Escalating the questions whose small-rung score is lowest, against escalating the same share at random "
+        "(the straight line between the small and the large rung) and the oracle (escalating exactly the small "
+        "rung's wrong answers). Area over random: how much better than chance the score ranks the questions; "
+        "AUROC: how well it separates the small rung's right answers from its wrong ones (0.5: not at all)."
+    )
+    lines.append("")
+    curves = section.get("curves") or {}
+    if not curves:
+        lines.append(f"- no curve: {section.get('why')}")
+    for arm, c in curves.items():
+        lines.append(f"- {_curve_text(arm, c)}")
+    if any(c.get("available") for c in curves.values()):
+        lines += ["", "![deferral curves](deferral.png)"]
     return lines
 
 
@@ -180,8 +233,11 @@ def _meta_value(value: Any) -> str:
 def render_markdown(report: Mapping[str, Any]) -> str:
     """report.md: the settings as a short list, the arms table with its notes (cache, errors), the paired
     differences and the token use per model. The full config stays in report.json."""
-    lines = ["# agentflow comparison", ""]
     meta = {k: v for k, v in (report.get("meta") or {}).items() if k != "config"}
+    split = meta.get("split")
+    lines = [f"# agentflow comparison{'' if split is None else f' ({split} split)'}", ""]
+    if split is not None:
+        lines += [f"Every number below comes from the {split} split.", ""]
     for k, v in meta.items():
         lines.append(f"- {k}: {_meta_value(v)}")
     if meta:
@@ -210,6 +266,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 f"| {c['a']} | {c['b']} | {c['n']} | {_pct(c['diff'])} | {interval} "
                 f"| {c['b_better']} | {c['a_better']} |"
             )
+    if report.get("deferral") is not None:
+        lines += _deferral_markdown(report["deferral"])
     lines += ["", "## Tokens per model", "", "| arm | model | calls | prompt | completion | from cache |"]
     lines.append("|---|---|---|---|---|---|")
     for a in report["arms"]:
