@@ -13,25 +13,34 @@ After the call, `settle()` releases the reservation and charges what the server 
 Policies: `"raise"` (default) makes an unaffordable call raise `BudgetExceeded`; `"degrade"` tells
 callers that look (the router, samplers, verifiers) to check `can_afford()` first and do less
 instead. A call that is made anyway still raises: the budget never lets a call past a cap.
+
+A call that breaks a cap only because of reservations still in flight does not fail at once: it waits
+(`acquire()`, which wrapped models use) for those calls to settle and is then decided on what they really
+spent. Waiters are served in order of arrival, each booked the moment it fits; one that can no longer fit
+whatever the calls in flight spend fails then. The wait is cancellable and bounded: a waiter fails when no
+call in its way has settled for `wait_s` seconds (a hung call), or when the wall time is up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
-from ._bill import CHECKED, Bill, ModelBill, Spend, astuple, spend_for
+from ._bill import CHECKED, Bill, ModelBill, Spend, astuple, cache_hit_bill, spend_for
 from ._catalog import ModelSpec, get_model, list_models
 from ._exceptions import BudgetExceeded, ConfigError, UncountableModelError, UnknownModelError
 from ._types import ChatRequest, Completion, Model, Usage
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "DEFAULT_WAIT_S",
     "Bill",
     "Budget",
     "BudgetLimits",
@@ -130,6 +139,9 @@ class BudgetLimits:
 #: Unlimited; a budget with these limits only counts.
 DEFAULT_LIMITS = BudgetLimits()
 
+#: How long a call waiting for calls in flight to settle waits without any of them settling (seconds).
+DEFAULT_WAIT_S = 60.0
+
 
 # --- the budget ---------------------------------------------------------------------------------
 
@@ -146,12 +158,25 @@ class Reservation:
     id: int = field(default_factory=lambda: next(_reservation_ids))
 
 
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    """A call waiting in a scope's queue; its future gets the reservation, or None to decide again."""
+
+    budget: Budget
+    model: str
+    spec: ModelSpec | None
+    ask: Spend
+    max_tokens: int
+    future: asyncio.Future[Reservation | None]
+
+
 class Budget:
     """Limits plus what has been spent and reserved, for a run, a node, or across runs.
 
     `child(limits)` makes a nested scope: every spend is charged to the child and up the chain,
     and a call must fit every scope's limits. `clock` measures wall time (injectable for tests);
-    `tokenizer(text) -> int` replaces the conservative `estimate_text_tokens`. Single event loop only:
+    `tokenizer(text) -> int` replaces the conservative `estimate_text_tokens`. `wait_s` bounds how long a
+    call waits for calls in flight without any of them settling (0: never wait). Single event loop only:
     reservations are atomic because nothing awaits between check and booking.
     """
 
@@ -164,11 +189,17 @@ class Budget:
         tokenizer: Tokenizer | None = None,
         name: str = "budget",
         parent: Budget | None = None,
+        wait_s: float = DEFAULT_WAIT_S,
     ) -> None:
         if not isinstance(limits, BudgetLimits):
             raise ConfigError(f"Budget limits must be a BudgetLimits, got {type(limits).__name__}")
         if policy not in ("raise", "degrade"):
             raise ConfigError(f"Budget policy must be 'raise' or 'degrade', got {policy!r}")
+        if isinstance(wait_s, bool) or not isinstance(wait_s, int | float) or not wait_s >= 0:
+            raise ConfigError(f"Budget wait_s must be a number of seconds >= 0 (0: never wait), got {wait_s!r}")
+        self.wait_s = float(wait_s)
+        self._queue: deque[_Waiter] = deque()
+        self._settled_at = -math.inf  # loop time of the last settlement in this scope
         self.limits = limits
         self.policy: BudgetPolicy = policy
         self.name = name
@@ -198,6 +229,7 @@ class Budget:
             tokenizer=self._tokenizer,
             name=name or f"{self.name}/child",
             parent=self,
+            wait_s=self.wait_s,
         )
 
     def chain(self) -> Iterator[Budget]:
@@ -268,15 +300,18 @@ class Budget:
 
     # -- checking and reserving ------------------------------------------------------------------
 
-    def _violation(self, ask: Spend, max_tokens: int) -> tuple[Budget, str, float, float] | None:
-        """The first (scope, limit, allowed, would-be) that `ask` would break, across the chain."""
+    def _violation(
+        self, ask: Spend, max_tokens: int, *, in_flight: bool = True
+    ) -> tuple[Budget, str, float, float] | None:
+        """The first (scope, limit, allowed, would-be) that `ask` would break, across the chain
+        (`in_flight=False`: as if every call in flight settled for nothing)."""
         for b in self.chain():
             lim = b.limits
             if lim.wall_time_s is not None and b.elapsed() >= lim.wall_time_s:
                 return b, "wall_time_s", lim.wall_time_s, b.elapsed()
             if lim.max_tokens_per_call is not None and max_tokens > lim.max_tokens_per_call:
                 return b, "max_tokens_per_call", lim.max_tokens_per_call, max_tokens
-            used = b._spent + b._reserved + ask
+            used = b._spent + b._reserved + ask if in_flight else b._spent + ask
             for key in CHECKED:
                 allowed = getattr(lim, key)
                 if allowed is not None and getattr(used, key) > allowed:
@@ -295,26 +330,100 @@ class Budget:
             k += 1
         return k
 
+    def _ask(self, request: ChatRequest, model: Model | str | ModelSpec) -> tuple[str, ModelSpec | None, Spend]:
+        spec = self.spec_for(model)
+        name = model.name if isinstance(model, ModelSpec) else model if isinstance(model, str) else model.name
+        return name, spec, spend_for(spec, estimate_prompt_tokens(request, self._tokenizer), request.max_tokens)
+
     def reserve(self, request: ChatRequest, model: Model | str | ModelSpec) -> Reservation:
-        """Book the worst case of `request` on this scope and all parents, or raise BudgetExceeded.
+        """Book the worst case of `request` on this scope and all parents, or raise BudgetExceeded at once.
 
         Check and booking happen with no await in between, so it is atomic under asyncio.
         """
-        spec = self.spec_for(model)
-        name = model.name if isinstance(model, ModelSpec) else model if isinstance(model, str) else model.name
-        ask = spend_for(spec, estimate_prompt_tokens(request, self._tokenizer), request.max_tokens)
+        name, spec, ask = self._ask(request, model)
         bad = self._violation(ask, request.max_tokens)
         if bad is not None:
             raise self._exceeded(bad, ask, request, name)
+        return self._book(name, spec, ask, request.max_tokens)
+
+    def _book(self, name: str, spec: ModelSpec | None, ask: Spend, max_tokens: int) -> Reservation:
         for b in self.chain():
             b._reserved = b._reserved + ask
             b._in_flight += 1
-        res = Reservation(self, name, spec, ask, request.max_tokens)
+        res = Reservation(self, name, spec, ask, max_tokens)
         self._open.add(res.id)
         return res
 
+    async def acquire(self, request: ChatRequest, model: Model | str | ModelSpec) -> Reservation:
+        """`reserve()`, except that a call breaking a cap only because of calls still in flight waits for
+        them to settle, then is decided on what they really spent (see the module doc). Cancellable."""
+        name, spec, ask = self._ask(request, model)
+        mt = request.max_tokens
+        loop = asyncio.get_running_loop()
+        since = loop.time()
+        while True:
+            bad = self._violation(ask, mt)
+            if bad is None:
+                return self._book(name, spec, ask, mt)
+            never = self._violation(ask, mt, in_flight=False)
+            if never is not None or self.wait_s <= 0:
+                raise self._exceeded(never or bad, ask, request, name)
+            if loop.time() - max(since, bad[0]._settled_at) >= self.wait_s:
+                raise self._exceeded(bad, ask, request, name, waited=self.wait_s)
+            waiter = _Waiter(self, name, spec, ask, mt, loop.create_future())
+            bad[0]._queue.append(waiter)
+            try:
+                async with asyncio.timeout(self.wait_s):
+                    await waiter.future
+            except TimeoutError:
+                pass  # decided again below: served if it fits, failed if nothing settled
+            except BaseException:
+                booked = _booked(waiter)
+                if booked is not None:  # booked for us just as we were cancelled
+                    self.cancel(booked)
+                raise
+            booked = _booked(waiter)
+            if booked is not None:
+                return booked
+
+    def _serve_queue(self, now: float) -> None:
+        """After a settlement: book the waiters at the head of this scope's queue that fit now, in order."""
+        self._settled_at = now
+        q = self._queue
+        while q:
+            w = q[0]
+            if w.future.done():  # timed out or cancelled
+                q.popleft()
+                continue
+            bad = w.budget._violation(w.ask, w.max_tokens)
+            if bad is None:
+                q.popleft()
+                w.future.set_result(w.budget._book(w.model, w.spec, w.ask, w.max_tokens))
+            elif w.budget._violation(w.ask, w.max_tokens, in_flight=False) is not None:
+                q.popleft()
+                w.future.set_result(None)  # it can no longer fit: it fails when it wakes
+            elif bad[0] is not self:  # now blocked by calls in flight of another scope: wait there
+                q.popleft()
+                bad[0]._queue.append(w)
+            else:
+                return
+
+    def _wake(self, res: Reservation) -> None:
+        try:
+            now = asyncio.get_running_loop().time()
+        except RuntimeError:  # settled outside an event loop: nobody can be waiting
+            return
+        for b in res.budget.chain():
+            b._serve_queue(now)
+
     def _exceeded(
-        self, bad: tuple[Budget, str, float, float], ask: Spend, request: ChatRequest, model: str
+        self,
+        bad: tuple[Budget, str, float, float],
+        ask: Spend,
+        request: ChatRequest,
+        model: str,
+        *,
+        waited: float | None = None,
     ) -> BudgetExceeded:
         scope, key, allowed, would = bad
         if key == "wall_time_s":
@@ -323,6 +432,12 @@ class Budget:
         elif key == "max_tokens_per_call":
             fix = f"lower the request's max_tokens to <= {allowed:g}, or raise BudgetLimits.max_tokens_per_call"
             what = f"the call asks for max_tokens={request.max_tokens}, above max_tokens_per_call={allowed:g}"
+        elif waited is not None:
+            fix = f"raise Budget(wait_s=...) (now {waited:g}), or give the calls in flight a timeout"
+            what = (
+                f"{key} would reach {would:.6g} with the calls in flight (limit {allowed:.6g}), and none of them "
+                f"settled in {waited:g} s of waiting"
+            )
         else:
             fix = f"raise BudgetLimits.{key}"
             if key != "requests":
@@ -342,7 +457,10 @@ class Budget:
 
     def _release(self, res: Reservation) -> None:
         if res.id not in self._open:
-            raise ValueError(f"reservation {res.id} for {res.model!r} was already settled: settle each one once")
+            raise ConfigError(
+                f"reservation {res.id} for {res.model!r} was already settled or cancelled: settle, fail or "
+                "cancel each reservation exactly once"
+            )
         self._open.discard(res.id)
         for b in self.chain():
             b._in_flight -= 1
@@ -358,9 +476,15 @@ class Budget:
 
         A cached completion costs nothing; one whose server reported no usage (`meta["usage_missing"]`)
         is charged its reserved worst case."""
+        try:
+            return self._settle(res, completion)
+        finally:
+            self._wake(res)
+
+    def _settle(self, res: Reservation, completion: Completion | Usage) -> Spend:
         res.budget._release(res)
         if isinstance(completion, Completion) and completion.cached:
-            res.budget._charge(res.model, Spend(), ModelBill(cached=1))
+            res.budget._charge(res.model, Spend(), cache_hit_bill(res.spec, completion))
             return Spend()
         if isinstance(completion, Completion) and completion.meta.get("usage_missing"):
             # the server did not say what it used: charge the worst case that was reserved
@@ -382,18 +506,21 @@ class Budget:
 
     def fail(self, res: Reservation, usage: Usage | None = None) -> None:
         """Release `res` for a call that raised. It is charged what the error says the call spent (`usage`:
-        e.g. a StructuredOutputError's invalid answers), or else one request and no tokens."""
+        e.g. a StructuredOutputError's invalid answers; `Usage()` when no attempt reached a server), or, when
+        the error does not say, one request and no tokens."""
         res.budget._release(res)
-        if usage is None or usage.requests == 0:
+        if usage is None:
             res.budget._charge(res.model, Spend(requests=1), ModelBill(requests=1, failed=1))
-            return
-        spent = spend_for(res.spec, usage.prompt_tokens, usage.completion_tokens, usage.requests)
-        bill = ModelBill(spent.requests, spent.prompt_tokens, spent.completion_tokens, spent.flops, spent.cost_usd)
-        res.budget._charge(res.model, spent, bill + ModelBill(failed=1))
+        else:
+            spent = spend_for(res.spec, usage.prompt_tokens, usage.completion_tokens, usage.requests)
+            bill = ModelBill(spent.requests, spent.prompt_tokens, spent.completion_tokens, spent.flops, spent.cost_usd)
+            res.budget._charge(res.model, spent, bill + ModelBill(failed=1))
+        self._wake(res)
 
     def cancel(self, res: Reservation) -> None:
         """Release `res` for a call that never reached a server; nothing is charged."""
         res.budget._release(res)
+        self._wake(res)
 
     # -- wrapping and reporting ------------------------------------------------------------------
 
@@ -434,7 +561,7 @@ class BudgetedModel:
         return f"BudgetedModel({self.inner!r}, budget={self.budget.name!r})"
 
     async def complete(self, request: ChatRequest) -> Completion:
-        res = self.budget.reserve(request, self)
+        res = await self.budget.acquire(request, self)
         try:
             completion = await self.inner.complete(request)
         except BudgetExceeded:
@@ -449,3 +576,8 @@ class BudgetedModel:
             raise
         self.budget.settle(res, completion)
         return completion
+
+
+def _booked(waiter: _Waiter) -> Reservation | None:
+    f = waiter.future
+    return f.result() if f.done() and not f.cancelled() else None

@@ -135,15 +135,20 @@ async def test_reservation_is_held_while_the_call_is_in_flight() -> None:
     task = asyncio.create_task(m.complete(ChatRequest.of("q", max_tokens=60)))
     await asyncio.sleep(0)
     assert seen[0].completion_tokens == 60
-    # a second call of 60 would overshoot together with the first one in flight
+    # a second call of 60 would overshoot together with the first one in flight: it is not made yet
     req = ChatRequest.of("q", max_tokens=60)
     assert not b.can_afford(req, m)
     with pytest.raises(BudgetExceeded) as e:
-        await m.complete(req)
+        b.reserve(req, m)  # the non-waiting form refuses at once
     assert e.value.limit == "completion_tokens"
+    second = asyncio.create_task(m.complete(req))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert len(seen) == 1 and not second.done()  # it waits for the first call to settle
     gate.set()
     await task
-    assert b.reserved == Spend() and b.spent.completion_tokens == 1
+    await second  # the first spent 1 token, so 60 more fit
+    assert b.reserved == Spend() and b.spent.completion_tokens == 2
     assert b.can_afford(req, m)
 
 
@@ -205,6 +210,20 @@ async def test_failed_call_counts_a_request_and_releases() -> None:
         await m.complete(ChatRequest.of("q"))
     assert b.reserved == Spend() and b.spent == Spend(requests=1)
     assert b.bill().models[SMALL].failed == 1
+
+
+async def test_a_failed_call_whose_error_says_nothing_reached_the_server_costs_nothing() -> None:
+    def refused(req: ChatRequest) -> str:
+        err = ServerError("refused")
+        err.usage = Usage()  # type: ignore[attr-defined]  # what a client reports when no attempt got through
+        raise err
+
+    b = Budget()
+    m = b.wrap(FunctionModel(refused, name=SMALL))
+    with pytest.raises(ServerError):
+        await m.complete(ChatRequest.of("q"))
+    assert b.reserved == Spend() and b.spent == Spend()
+    assert b.bill().models[SMALL].failed == 1 and b.bill().requests == 0
 
 
 async def test_a_failed_structured_call_is_charged_what_its_attempts_spent() -> None:
@@ -355,6 +374,6 @@ async def test_manual_reserve_settle_through_any_scope_and_only_once() -> None:
     parent.settle(res, Usage(1, 3, 4))  # the reservation knows its scope
     assert child.spent.completion_tokens == parent.spent.completion_tokens == 4
     assert child.reserved == parent.reserved == Spend()
-    with pytest.raises(ValueError, match="already settled"):
+    with pytest.raises(ConfigError, match="already settled or cancelled: settle, fail or cancel each"):
         child.settle(res, Usage(1, 3, 4))
     assert parent.spent.completion_tokens == 4
