@@ -64,7 +64,7 @@ def test_evaluation_imports_the_core_only(path: Path) -> None:
 def test_other_packages_use_public_names_only(path: Path) -> None:
     own = path.parent.name
     for module in _imports(path):
-        top, _, rest = module.partition(".")
+        top = module.partition(".")[0]
         if top == own or top not in ("agentflow", "serving", "workflows"):
             continue
         private = [part for part in module.split(".") if part.startswith("_")]
