@@ -30,7 +30,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
 from ._bill import CHECKED, Bill, ModelBill, Spend, astuple, cache_hit_bill, spend_for
@@ -39,7 +39,7 @@ from ._exceptions import BudgetExceeded, ConfigError, UncountableModelError, Unk
 from ._types import ChatRequest, Completion, Model, Usage
 
 __all__ = [
-    "DEFAULT_LIMITS",
+    "DEFAULT_BUDGET_LIMITS",
     "DEFAULT_WAIT_S",
     "Bill",
     "Budget",
@@ -137,7 +137,7 @@ class BudgetLimits:
 
 
 #: Unlimited; a budget with these limits only counts.
-DEFAULT_LIMITS = BudgetLimits()
+DEFAULT_BUDGET_LIMITS = BudgetLimits()
 
 #: How long a call waiting for calls in flight to settle waits without any of them settling (seconds).
 DEFAULT_WAIT_S = 60.0
@@ -182,7 +182,7 @@ class Budget:
 
     def __init__(
         self,
-        limits: BudgetLimits = DEFAULT_LIMITS,
+        limits: BudgetLimits = DEFAULT_BUDGET_LIMITS,
         *,
         policy: BudgetPolicy = "raise",
         clock: Callable[[], float] = time.monotonic,
@@ -219,7 +219,11 @@ class Budget:
         return f"Budget(name={self.name!r}, limits={self.limits!r}, policy={self.policy!r}, spent={self._spent!r})"
 
     def child(
-        self, limits: BudgetLimits = DEFAULT_LIMITS, *, name: str | None = None, policy: BudgetPolicy | None = None
+        self,
+        limits: BudgetLimits = DEFAULT_BUDGET_LIMITS,
+        *,
+        name: str | None = None,
+        policy: BudgetPolicy | None = None,
     ) -> Budget:
         """A nested scope that spends from this one (and its parents)."""
         return Budget(
@@ -487,9 +491,11 @@ class Budget:
             res.budget._charge(res.model, Spend(), cache_hit_bill(res.spec, completion))
             return Spend()
         if isinstance(completion, Completion) and completion.meta.get("usage_missing"):
-            # the server did not say what it used: charge the worst case that was reserved
-            res.budget._charge(res.model, res.ask, ModelBill(*astuple(res.ask)))
-            return res.ask
+            # the server did not say what it used: charge the worst case that was reserved, and every attempt
+            # the client counted (a retried call reached the server more than once)
+            worst = replace(res.ask, requests=max(res.ask.requests, completion.usage.requests))
+            res.budget._charge(res.model, worst, ModelBill(*astuple(worst)))
+            return worst
         usage = completion.usage if isinstance(completion, Completion) else completion
         actual = spend_for(res.spec, usage.prompt_tokens, usage.completion_tokens, max(1, usage.requests))
         over = int(actual.prompt_tokens > res.ask.prompt_tokens or actual.completion_tokens > res.max_tokens)
@@ -505,9 +511,10 @@ class Budget:
         return actual
 
     def fail(self, res: Reservation, usage: Usage | None = None) -> None:
-        """Release `res` for a call that raised. It is charged what the error says the call spent (`usage`:
-        e.g. a StructuredOutputError's invalid answers; `Usage()` when no attempt reached a server), or, when
-        the error does not say, one request and no tokens."""
+        """Release `res` for a call that raised. It is charged exactly what the error says the call spent
+        (`usage`: a ModelClient error counts every attempt that reached the server, a StructuredOutputError its
+        invalid answers too; `Usage()` when no attempt reached a server), or, when the error does not say, one
+        request and no tokens."""
         res.budget._release(res)
         if usage is None:
             res.budget._charge(res.model, Spend(requests=1), ModelBill(requests=1, failed=1))

@@ -3,7 +3,11 @@
 One pooled `httpx.AsyncClient` per client (or yours, which is then never closed here); at most
 `max_in_flight` requests in flight at once; every request retried through tenacity on connection errors,
 timeouts, HTTP 429 (honouring Retry-After) and 5xx, bounded in attempts and in total time (`RetryPolicy`);
-other 4xx raise at once with the status and the server's message. A server that keeps failing is not
+other 4xx raise at once with the status and the server's message. Every attempt that reached the server is
+counted once in the answer's `usage.requests` (its tokens are those of the attempt that answered), and an error
+raised after them carries the same count in `ModelError.usage`, so a budget bills what the server saw. An answer
+is read within `max_response_bytes`, and nothing a server sends reaches a message unredacted (the API key and
+any `Bearer ...` token become `***`). A server that keeps failing is not
 hammered: after `CircuitBreaker.failures` failed calls in a row, calls raise CircuitOpenError at once for a
 cool-down, then one probe call checks whether the server is back (`circuit=`; see `_config.py`).
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar, overload
 
 import httpx
@@ -32,6 +37,7 @@ from ._config import (
     DEFAULT_CIRCUIT,
     DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_POOL_LIMITS,
     DEFAULT_RETRY,
     DEFAULT_STRUCTURED_RETRIES,
@@ -42,12 +48,9 @@ from ._config import (
 )
 from ._events import ModelCallEvent, emit
 from ._exceptions import (
-    BadResponseError,
     ConfigError,
     ModelError,
-    ModelTimeoutError,
     RateLimitedError,
-    ServerUnavailableError,
     StructuredOutputError,
     http_error,
 )
@@ -64,18 +67,23 @@ from ._types import (
     Usage,
 )
 from ._wire import (
+    Answer,
     WireCompletion,
     decode_json,
+    excerpt,
     is_request_validation_error,
     parse_chat,
     parse_retry_after,
     parse_text_completion,
+    read_answer,
     server_message,
+    transport_error,
 )
 
 __all__ = ["ModelClient"]
 
 T = TypeVar("T")
+_NOTHING = Usage()
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -102,6 +110,7 @@ class ModelClient:
     """An async client for one model on one OpenAI-compatible server; itself a `Model`.
 
     `circuit`: when to stop calling a server that keeps failing (`CircuitBreaker`; None: never), on `clock`.
+    `max_response_bytes`: the largest answer body read (decoded); a larger one raises BadResponseError.
     """
 
     def __init__(
@@ -120,6 +129,7 @@ class ModelClient:
         clock: Callable[[], float] = time.monotonic,
         structured_retries: int = DEFAULT_STRUCTURED_RETRIES,
         circuit: CircuitBreaker | None = DEFAULT_CIRCUIT,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         try:
             url = httpx.URL(base_url)
@@ -142,6 +152,10 @@ class ModelClient:
             raise ConfigError(f"timeout={timeout} must be positive (seconds): pass e.g. 120.0")
         if structured_retries < 0:
             raise ConfigError(f"structured_retries={structured_retries} must not be negative: pass 0 or more")
+        if max_response_bytes < 1:
+            raise ConfigError(
+                f"max_response_bytes={max_response_bytes} must be at least 1: pass a size in bytes, e.g. 8 * 2**20"
+            )
         if circuit is not None and not isinstance(circuit, CircuitBreaker):
             raise ConfigError(
                 f"circuit must be a CircuitBreaker or None, got {type(circuit).__name__}: pass CircuitBreaker(...)"
@@ -157,6 +171,7 @@ class ModelClient:
         self._sleep = sleep
         self._clock = clock
         self._structured_retries = structured_retries
+        self._max_response_bytes = max_response_bytes
         self._semaphore = asyncio.Semaphore(max_in_flight)
         self._circuit = None if circuit is None else Circuit(circuit, clock, url=self._url, model=model)
         self._owns_http = http is None
@@ -280,8 +295,11 @@ class ModelClient:
         if logprobs:
             body["logprobs"] = max(top_logprobs, 1)  # some servers read 0 as "no logprobs"
         start = self._clock()
-        data = await self._post("/completions", body)
-        wire = parse_text_completion(data, self._url, top_logprobs=top_logprobs if logprobs else 0)
+        top_k = top_logprobs if logprobs else 0
+        secret = self._secret()
+        wire = await self._call(
+            "/completions", body, lambda data: parse_text_completion(data, self._url, top_logprobs=top_k, secret=secret)
+        )
         out = self._completion(wire, wire.usage, None, start)
         emit(ModelCallEvent(out.model or self.name, out.usage, out.latency_s, out.cached))
         return out
@@ -325,9 +343,14 @@ class ModelClient:
         start = self._clock()
         usage = Usage()
         attempts = retries + 1 if structured is not None else 1
+        secret = self._secret()
         for attempt in range(1, attempts + 1):
-            data = await self._post("/chat/completions", body)
-            wire = parse_chat(data, self._url, top_logprobs=top_k)
+            wire = await self._call(
+                "/chat/completions",
+                body,
+                lambda data: parse_chat(data, self._url, top_logprobs=top_k, secret=secret),
+                spent=usage,
+            )
             usage = usage + wire.usage
             if structured is None:
                 return self._completion(wire, usage, None, start)
@@ -348,7 +371,8 @@ class ModelClient:
         assert structured is not None
         raise StructuredOutputError(
             f"model {self._model!r} at {self._url} gave no valid {_kind(structured.spec)} in {attempts} attempt(s); "
-            f"the last answer {problem}. Last answer: {_clip(wire.text)!r}. Fix: say in the prompt what to answer, "
+            f"the last answer {problem}. Last answer: {excerpt(wire.text, secret=secret)!r}. "
+            "Fix: say in the prompt what to answer, "
             "raise max_tokens, use a larger model, or raise structured_retries",
             raw_text=wire.text,
             attempts=attempts,
@@ -368,8 +392,27 @@ class ModelClient:
             meta=dict(wire.meta),
         )
 
-    async def _post(self, path: str, body: dict[str, Any]) -> Any:
-        """POST `body` to `path` with retries; the decoded JSON body of the answer."""
+    async def _call(
+        self, path: str, body: dict[str, Any], parse: Callable[[Any], WireCompletion], spent: Usage = _NOTHING
+    ) -> WireCompletion:
+        """POST `body` to `path` and `parse` the answer, whose usage counts every attempt that reached the
+        server. An error carries what was spent: those attempts, plus `spent` (earlier answers of this call)."""
+        try:
+            data, reached = await self._post(path, body)
+        except ModelError as exc:
+            exc.usage = spent + (exc.usage or Usage())
+            raise
+        try:
+            wire = parse(data)
+        except ModelError as exc:  # a 2xx answer that is not a completion: the server was reached all the same
+            exc.usage = spent + Usage(requests=reached)
+            raise
+        return replace(wire, usage=replace(wire.usage, requests=reached))
+
+    async def _post(self, path: str, body: dict[str, Any]) -> tuple[Any, int]:
+        """POST `body` to `path` with retries: the decoded JSON body of the answer, and how many attempts
+        reached the server (the one that answered among them). An error raised carries those attempts as its
+        `usage` (`Usage()`: none reached the server, e.g. a refused connection or an open circuit)."""
         url = self._base + path
         policy = self._retry
         clock = self._clock
@@ -377,7 +420,7 @@ class ModelClient:
         attempts = 0
         backoff = policy.backoff()
         probe = [False]  # whether the attempt under way is a half-open circuit's probe (it gets one attempt)
-        reached = False  # whether any attempt reached the server (a refused connection, an open circuit do not)
+        reached = 0  # attempts that reached the server (a refused connection, an open circuit do not)
 
         def on_this_clock(state: RetryCallState) -> None:
             # tenacity times attempts with time.monotonic; stop_before_delay is to count on the clock given here
@@ -396,12 +439,13 @@ class ModelClient:
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
                     try:
-                        return await self._attempt(url, body, probe)
+                        data = await self._attempt(url, body, probe)
                     except ModelError as exc:
-                        reached = reached or exc.usage is None
+                        reached += exc.usage is None  # _send marks what never reached the server with Usage()
                         raise
+                    return data, reached + 1
         except ModelError as exc:
-            exc.usage = None if reached else Usage()  # nothing reached the server: nothing was spent
+            exc.usage = Usage(requests=reached)  # token counts of failed attempts are unknown: requests only
             if not exc.retryable:
                 raise
             if self._circuit is not None:
@@ -418,55 +462,30 @@ class ModelClient:
             return await self._circuit.call(lambda: self._send(url, body), probe)
 
     async def _send(self, url: str, body: dict[str, Any]) -> Any:
+        """One HTTP request. An error that is known not to have reached the server carries `usage=Usage()`."""
         headers = {"Authorization": f"Bearer {self._api_key.get_secret_value()}"} if self._api_key else None
         try:
-            response = await self._http.post(url, json=body, headers=headers, timeout=self._timeout)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-            unsent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)  # no connection: nothing was sent
-            raise ServerUnavailableError(
-                f"could not reach the model server at {self._url} ({type(exc).__name__}): is the server running "
-                f"there? Start one with `agentflow serve {self._model}`, or fix base_url",
-                url=self._url,
-                usage=Usage() if unsent else None,
-            ) from None
-        except httpx.TimeoutException as exc:
-            raise ModelTimeoutError(
-                f"the model server at {self._url} did not answer within {self._timeout.read} s "
-                f"({type(exc).__name__}): raise ModelClient(timeout=...), lower max_tokens, "
-                "or lower max_in_flight on a busy server",
-                url=self._url,
-            ) from None
-        except httpx.TransportError as exc:  # a proxy or protocol failure on the way
-            raise ServerUnavailableError(
-                f"could not talk to the model server at {self._url} ({type(exc).__name__}: {exc}): check "
-                "base_url, and any HTTP(S)_PROXY setting between you and the server",
-                url=self._url,
-            ) from None
-        except httpx.DecodingError as exc:
-            raise BadResponseError(
-                f"the server at {self._url} sent a body that could not be decoded ({exc}): check that base_url "
-                "points at an OpenAI-compatible API",
-                url=self._url,
-            ) from None
-        return self._answer(response)
+            async with self._http.stream("POST", url, json=body, headers=headers, timeout=self._timeout) as response:
+                answer = await read_answer(response, self._url, self._max_response_bytes)
+        except (httpx.TransportError, httpx.DecodingError) as exc:
+            raise transport_error(exc, self._url, self._model, self._timeout.read, self._secret()) from None
+        return self._answer(answer)
 
-    def _answer(self, response: httpx.Response) -> Any:
-        status = response.status_code
+    def _answer(self, answer: Answer) -> Any:
+        status = answer.status_code
+        secret = self._secret()
         if 200 <= status < 300:
-            return decode_json(response, self._url)
-        message = self._redact(server_message(response))
-        retry_after = parse_retry_after(response.headers.get("retry-after"), time.time()) if status == 429 else None
+            return decode_json(answer, self._url, secret=secret)
+        message = server_message(answer, secret=secret)
+        retry_after = parse_retry_after(answer.headers.get("retry-after"), time.time()) if status == 429 else None
         validation = status >= 500 and is_request_validation_error(message)
         raise http_error(
             status, message, url=self._url, model=self._model, retry_after=retry_after, validation=validation
         )
 
-    def _redact(self, text: str) -> str:
-        if self._api_key is not None:
-            secret = self._api_key.get_secret_value()
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+    def _secret(self) -> str | None:
+        """The API key, for redaction only (None without one)."""
+        return self._api_key.get_secret_value() if self._api_key is not None else None
 
     def _gave_up(self, exc: ModelError, attempts: int, elapsed: float, *, probe: bool) -> ModelError:
         policy = self._retry
@@ -523,7 +542,3 @@ def _kind(spec: OutputSpec) -> str:
         return f"match of {spec.pattern!r}"
     assert isinstance(spec, ChoiceOutput)
     return f"choice of {list(spec.choices)}"
-
-
-def _clip(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."

@@ -6,7 +6,8 @@
 - `CircuitBreaker` / `DEFAULT_CIRCUIT`: when a client stops calling a server that keeps failing, and for how
   long; `Circuit` is the state one policy drives for one client (one server), on the client's clock.
 - `DEFAULT_POOL_LIMITS`: the connection pool of the one `httpx.AsyncClient` a `ModelClient` owns.
-- `DEFAULT_TIMEOUT_S`, `DEFAULT_CONNECT_TIMEOUT_S`, `DEFAULT_MAX_IN_FLIGHT`, `DEFAULT_STRUCTURED_RETRIES`.
+- `DEFAULT_TIMEOUT_S`, `DEFAULT_CONNECT_TIMEOUT_S`, `DEFAULT_MAX_IN_FLIGHT`, `DEFAULT_STRUCTURED_RETRIES`,
+  `DEFAULT_MAX_RESPONSE_BYTES`.
 - `check_k`: the one check of a retrieval depth (how many paragraphs a model reads).
 """
 
@@ -28,6 +29,7 @@ __all__ = [
     "DEFAULT_CIRCUIT",
     "DEFAULT_CONNECT_TIMEOUT_S",
     "DEFAULT_MAX_IN_FLIGHT",
+    "DEFAULT_MAX_RESPONSE_BYTES",
     "DEFAULT_POOL_LIMITS",
     "DEFAULT_RETRY",
     "DEFAULT_STRUCTURED_RETRIES",
@@ -51,6 +53,10 @@ DEFAULT_MAX_IN_FLIGHT = 4
 
 DEFAULT_STRUCTURED_RETRIES = 2
 """Extra attempts for a structured answer that came back truncated or invalid."""
+
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+"""The largest answer body a `ModelClient` reads (8 MB): a completion of thousands of tokens with logprobs is a
+few hundred kB; a larger body is a misbehaving server, refused before it fills the memory."""
 
 DEFAULT_POOL_LIMITS = httpx.Limits(max_connections=32, max_keepalive_connections=8, keepalive_expiry=30.0)
 """The connection pool of the `httpx.AsyncClient` a `ModelClient` owns (budget limits are `BudgetLimits`)."""

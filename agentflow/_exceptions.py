@@ -130,8 +130,10 @@ class DatasetError(ConfigError):
 class ModelError(AgentFlowError):
     """A model server call failed.
 
-    `usage` is what the failed call is known to have spent: `Usage()` when none of its attempts reached the
-    server (a refused connection, an open circuit), so a budget charges it nothing; None when unknown.
+    `usage` is what the failed call is known to have spent, charged by a budget exactly as it says: a
+    `ModelClient` counts every attempt that reached the server (`requests`; a structured call adds the tokens of
+    its earlier answers); `Usage()` when none reached it (a refused connection, an open circuit), so it costs
+    nothing; None when unknown (a budget then charges one request).
     """
 
     retryable: bool = False

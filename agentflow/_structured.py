@@ -281,18 +281,11 @@ def validate_output(
     value: Any
     if isinstance(spec, JsonOutput):
         try:
-            value = json.loads(text)
-        except ValueError as exc:
-            raise InvalidOutput(f"not valid JSON ({exc})") from None
-        if spec.model is not None:
-            try:
-                value = spec.model.model_validate(value)
-            except ValidationError as exc:
-                raise InvalidOutput(f"does not fit {spec.model.__name__}: {_short(exc)}") from None
-        else:
-            problem = schema_problem(value, spec.schema)
-            if problem is not None:
-                raise InvalidOutput(f"does not fit the JSON schema: {problem}")
+            value = _validate_json(spec, text)
+        except RecursionError:  # json.loads, pydantic and jsonschema recurse once per level of the answer
+            raise InvalidOutput(
+                "is nested too deeply to read or validate: ask for a flatter shape in the prompt and the schema"
+            ) from None
     elif isinstance(spec, RegexOutput):
         candidates: tuple[str, ...] = (text, text.strip())
         if dialect == "llama_cpp":  # the match, as llama.cpp's grammar writes it: between quotes, unescaped
@@ -308,9 +301,27 @@ def validate_output(
     if convert is not None:
         try:
             value = convert(value)
+        except RecursionError:
+            raise InvalidOutput("is nested too deeply to convert to the requested type") from None
         except (ValidationError, ValueError, KeyError) as exc:
             msg = _short(exc) if isinstance(exc, ValidationError) else str(exc)
             raise InvalidOutput(f"does not convert to the requested type: {msg}") from None
+    return value
+
+
+def _validate_json(spec: JsonOutput, text: str) -> Any:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InvalidOutput(f"not valid JSON ({exc})") from None
+    if spec.model is not None:
+        try:
+            return spec.model.model_validate(value)
+        except ValidationError as exc:
+            raise InvalidOutput(f"does not fit {spec.model.__name__}: {_short(exc)}") from None
+    problem = schema_problem(value, spec.schema)
+    if problem is not None:
+        raise InvalidOutput(f"does not fit the JSON schema: {problem}")
     return value
 
 

@@ -226,6 +226,28 @@ async def test_a_failed_call_whose_error_says_nothing_reached_the_server_costs_n
     assert b.bill().models[SMALL].failed == 1 and b.bill().requests == 0
 
 
+async def test_a_failed_call_is_charged_exactly_the_attempts_its_error_counts() -> None:
+    def retried(req: ChatRequest) -> str:
+        raise ServerError("503 three times", status_code=503, usage=Usage(requests=3))
+
+    b = Budget()
+    m = b.wrap(FunctionModel(retried, name=SMALL))
+    with pytest.raises(ServerError):
+        await m.complete(ChatRequest.of("q"))
+    assert b.reserved == Spend() and b.spent == Spend(requests=3)
+    assert b.bill().models[SMALL].failed == 1 and b.bill().requests == 3
+
+
+async def test_an_answer_without_usage_after_retries_is_charged_the_worst_case_and_every_attempt() -> None:
+    b = Budget()
+    missing = Completion("a", SMALL, "stop", Usage(requests=3), meta={"usage_missing": True})
+    req = ChatRequest.of("q", max_tokens=10)
+    await b.wrap(ScriptedModel([missing], name=SMALL)).complete(req)
+    worst = b.estimate(req, SMALL)
+    assert b.spent.requests == 3 and b.spent.prompt_tokens == worst.prompt_tokens
+    assert b.spent.completion_tokens == worst.completion_tokens
+
+
 async def test_a_failed_structured_call_is_charged_what_its_attempts_spent() -> None:
     def invalid(req: ChatRequest) -> str:
         raise StructuredOutputError("no valid JSON", raw_text="x", attempts=3, finish_reason="stop",

@@ -285,11 +285,6 @@ async def test_a_router_raises_when_the_top_rung_fails_or_fallback_is_off() -> N
         Router([small, large], fallback_on=(ValueError,))  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_budget.py: BudgetedModel.complete charges a failed call one request (Budget.fail) even when it "
-    "never reached the server; a CircuitOpenError should cancel the reservation instead",
-)
 async def test_the_bill_counts_only_attempts_that_reached_the_server() -> None:
     clock = FakeClock()
     budget = Budget()

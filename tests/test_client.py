@@ -11,7 +11,7 @@ import httpx
 import pytest
 from tenacity import AsyncRetrying, RetryCallState, stop_before_delay
 
-from agentflow import ChatRequest, Message, Usage
+from agentflow import Budget, ChatRequest, ChoiceOutput, Message, Usage
 from agentflow._client import ModelClient
 from agentflow._config import NO_RETRY, RetryPolicy
 from agentflow._exceptions import (
@@ -24,7 +24,7 @@ from agentflow._exceptions import (
     ServerUnavailableError,
 )
 from agentflow._types import Model
-from agentflow._wire import parse_retry_after
+from agentflow._wire import excerpt, parse_retry_after, redact
 from agentflow.testing import FakeOpenAIServer, FakeResponse, garbage, http_error
 
 URL = "http://fake.test/v1"
@@ -290,24 +290,51 @@ async def test_unavailable_server_error_says_how_to_fix() -> None:
 
 
 @pytest.mark.parametrize(
-    ("script", "error", "spent"),
+    ("script", "error", "reached"),
     [
-        pytest.param([httpx.ConnectError("refused")] * 2, ServerUnavailableError, Usage(), id="refused-every-time"),
-        pytest.param([httpx.ConnectTimeout("no")] * 2, ServerUnavailableError, Usage(), id="connect-timeout"),
-        pytest.param([httpx.ConnectError("refused"), 503], ServerError, None, id="refused-then-503"),
-        pytest.param([httpx.ReadError("reset")] * 2, ServerUnavailableError, None, id="reset-after-sending"),
-        pytest.param([400], RequestRejectedError, None, id="4xx"),
+        pytest.param([httpx.ConnectError("refused")] * 2, ServerUnavailableError, 0, id="refused-every-time"),
+        pytest.param([httpx.ConnectTimeout("no")] * 2, ServerUnavailableError, 0, id="connect-timeout"),
+        pytest.param([httpx.PoolTimeout("no free connection")] * 2, ModelTimeoutError, 0, id="pool-timeout"),
+        pytest.param([httpx.ConnectError("refused"), 503], ServerError, 1, id="refused-then-503"),
+        pytest.param([httpx.ReadError("reset")] * 2, ServerUnavailableError, 2, id="reset-after-sending"),
+        pytest.param([httpx.ReadTimeout("slow")] * 2, ModelTimeoutError, 2, id="read-timeout"),
+        pytest.param([503, 400], RequestRejectedError, 2, id="503-then-4xx"),
+        pytest.param([400], RequestRejectedError, 1, id="4xx"),
+        pytest.param([FakeResponse(body="<html>x</html>")], BadResponseError, 1, id="2xx-not-json"),
+        pytest.param([503, FakeResponse(json_body={"no": "choices"})], BadResponseError, 2, id="2xx-not-a-completion"),
     ],
 )
-async def test_an_error_says_when_no_attempt_reached_the_server(
-    script: list[BaseException | int], error: type[Exception], spent: Usage | None
+async def test_an_error_counts_the_attempts_that_reached_the_server(
+    script: list[BaseException | int | FakeResponse], error: type[Exception], reached: int
 ) -> None:
-    # a budget charges a failed call what its error says it spent: nothing, when no attempt reached the server
-    replies = [http_error(x) if isinstance(x, int) else FakeResponse(raise_=x) for x in script]
+    # a budget charges a failed call what its error says it spent: every attempt that reached the server, once
+    replies = [
+        x if isinstance(x, FakeResponse) else http_error(x) if isinstance(x, int) else FakeResponse(raise_=x)
+        for x in script
+    ]
     async with make(FakeOpenAIServer(replies), retry=RetryPolicy(max_attempts=2), circuit=None) as client:
         with pytest.raises(error) as info:
             await client.chat("hi")
-    assert getattr(info.value, "usage", "missing") == spent
+    assert getattr(info.value, "usage", "missing") == Usage(requests=reached)
+
+
+async def test_an_answer_after_retries_counts_every_attempt_once_and_the_tokens_of_the_answer() -> None:
+    replies = [http_error(503), FakeResponse(raise_=httpx.ReadError("reset")), FakeResponse("ok", usage=(7, 3))]
+    budget = Budget()
+    async with make(FakeOpenAIServer(replies), retry=RetryPolicy(max_attempts=3), circuit=None) as client:
+        done = await budget.wrap(client).complete(ChatRequest.of("hi"))
+    assert done.text == "ok" and done.usage == Usage(requests=3, prompt_tokens=7, completion_tokens=3)
+    bill = budget.bill()
+    assert (bill.requests, bill.prompt_tokens, bill.completion_tokens) == (3, 7, 3)
+
+
+async def test_a_failed_structured_call_counts_its_earlier_answers_and_the_failed_attempts() -> None:
+    replies = [FakeResponse("maybe", usage=(5, 1)), http_error(503), http_error(400)]
+    retry = RetryPolicy(max_attempts=2)
+    async with make(FakeOpenAIServer(replies), retry=retry, circuit=None, dialect="vllm") as client:
+        with pytest.raises(RequestRejectedError) as info:
+            await client.parse("yes or no?", ChoiceOutput(("yes", "no")), structured_retries=1)
+    assert info.value.usage == Usage(requests=3, prompt_tokens=5, completion_tokens=1)
 
 
 async def test_one_constant_decides_the_default_answer_length() -> None:
@@ -581,3 +608,83 @@ async def test_unknown_parameter_is_a_config_error_naming_the_known_ones() -> No
         with pytest.raises(ConfigError, match=r"parameter\(s\) max_token: .*max_tokens"):
             await client.chat("hi", max_token=5)
     assert server.calls == 0
+
+
+# --- hostile answers: size, depth, echoed secrets ------------------------------------------------
+
+
+async def test_an_answer_over_max_response_bytes_is_a_bad_response_naming_the_cap() -> None:
+    big = FakeResponse(body='{"choices": [{"message": {"content": "' + "x" * 5000 + '"}}]}')
+    server = FakeOpenAIServer([big, "never"])
+    async with make(server, max_response_bytes=1000) as client:
+        with pytest.raises(BadResponseError, match=r"larger than the 1000 bytes limit.*max_response_bytes=") as info:
+            await client.chat("hi")
+    assert info.value.usage == Usage(requests=1) and server.calls == 1
+    async with make(FakeOpenAIServer([big]), max_response_bytes=6000) as client:
+        assert (await client.chat("hi")).text == "x" * 5000
+
+
+async def test_an_error_body_over_the_cap_is_cut_not_refused() -> None:
+    server = FakeOpenAIServer([FakeResponse(status=400, body="bad " * 1000)])
+    async with make(server, max_response_bytes=100) as client:
+        with pytest.raises(RequestRejectedError, match="HTTP 400: bad bad") as info:
+            await client.chat("hi")
+    assert len(info.value.server_message or "") <= 203
+
+
+def test_max_response_bytes_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match="max_response_bytes=0 must be at least 1"):
+        ModelClient(URL, "m", max_response_bytes=0)
+
+
+async def test_a_deeply_nested_body_is_a_bad_response_not_a_recursion_error() -> None:
+    server = FakeOpenAIServer([FakeResponse(body="[" * 100_000 + "]" * 100_000)])
+    async with make(server) as client:
+        with pytest.raises(BadResponseError, match=r"nested too deeply.*check that base_url"):
+            await client.chat("hi")
+
+
+async def test_a_connection_dropped_mid_answer_says_so_not_that_nothing_listens() -> None:
+    server = FakeOpenAIServer([FakeResponse(raise_=httpx.RemoteProtocolError("peer closed"))] * 2)
+    async with make(server, retry=RetryPolicy(max_attempts=2), circuit=None) as client:
+        with pytest.raises(ServerUnavailableError) as info:
+            await client.chat("hi")
+    message = str(info.value)
+    assert "closed the connection before it finished answering" in message and "check the server's log" in message
+    assert "agentflow serve" not in message and "could not reach" not in message
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        pytest.param(FakeResponse(body="<html>Authorization: Bearer {key}</html>"), id="html"),
+        pytest.param(FakeResponse(json_body={"error": {"message": "bad key {key}"}}), id="no-choices"),
+        pytest.param(FakeResponse(json_body={"detail": "Bearer {key}"}), id="bearer-no-choices"),
+        pytest.param(FakeResponse(status=500, body="echo: Bearer {key}"), id="5xx-text"),
+    ],
+)
+async def test_a_key_echoed_in_a_body_is_redacted_from_message_and_server_message(reply: FakeResponse) -> None:
+    key = "sk-echoed-987654"
+    body = reply.body.replace("{key}", key) if isinstance(reply.body, str) else reply.body
+    json_body = _fill(reply.json_body, key)
+    server = FakeOpenAIServer([FakeResponse(status=reply.status, body=body, json_body=json_body)])
+    async with make(server, api_key=key, retry=NO_RETRY) as client:
+        with pytest.raises((BadResponseError, ServerError)) as info:
+            await client.chat("hi")
+    said = f"{info.value} {info.value.server_message} {info.value!r}"
+    assert key not in said and "***" in said
+
+
+def _fill(value: object, key: str) -> object:
+    if isinstance(value, str):
+        return value.replace("{key}", key)
+    if isinstance(value, dict):
+        return {k: _fill(v, key) for k, v in value.items()}
+    return value
+
+
+def test_redact_hides_the_secret_and_any_bearer_token_and_excerpt_is_bounded() -> None:
+    assert redact("key sk-1 and Bearer abc.def-ghi, bearer XYZ", "sk-1") == "key *** and Bearer ***, Bearer ***"
+    assert redact("nothing here", None) == "nothing here"
+    cut = excerpt("a\n b " * 500, 50, secret="b")
+    assert len(cut) == 53 and cut.endswith("...") and "b" not in cut

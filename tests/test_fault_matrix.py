@@ -4,7 +4,8 @@ One row per fault (the TABLE below) with its expected outcome: the answer, or a 
 names the problem and the fix; how many requests reach the server (its retry bounds); and the bill, which
 must count every attempt that reached the server exactly once and the tokens of every answer received.
 Outcome and bill are checked separately, so a row whose bill is wrong still shows whether it survived.
-Where today's client misbehaves, the row carries the defect and that check is `xfail(strict=True)`.
+Where a client misbehaves, the row carries the defect (`outcome_defect` / `bill_defect`) and that check is
+`xfail(strict=True)`; every row passes today.
 """
 
 from __future__ import annotations
@@ -53,18 +54,6 @@ TIMEOUT_S = 0.25
 CHOICE = ChoiceOutput(("yes", "no"))
 ANSWER_SCHEMA = JsonOutput({"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]})
 
-NOT_COUNTED = (
-    "ModelClient hides retried attempts: a call that reached the server N times reports usage.requests=1 "
-    "(and a call that failed after N attempts raises an error without usage), so the budget's bill counts 1 "
-    "request for N attempts"
-)
-WRONG_FIX = (
-    "ModelClient._send maps a connection the server accepted and then reset or closed mid-answer "
-    "(httpx.ReadError / RemoteProtocolError) to ServerUnavailableError 'could not reach the model server ... "
-    "is the server running there? Start one with `agentflow serve`': the server was reached, so the "
-    "diagnosis and the fix are wrong"
-)
-
 
 @dataclass(frozen=True)
 class Row:
@@ -94,23 +83,21 @@ GOOD_JSON = '{"answer": "Paris"}'
 
 TABLE: list[Row] = [
     Row("slow reply", (Fault.slow(0.1, OK),), hits=1),
-    Row("timeout, then an answer", (Fault.hang(), OK), hits=2, bill_defect=NOT_COUNTED),
+    Row("timeout, then an answer", (Fault.hang(), OK), hits=2),
     Row(
         "timeout every time",
         (Fault.hang(),) * ATTEMPTS,
         hits=ATTEMPTS,
         error=ModelTimeoutError,
         match=r"did not answer within 0\.25 s.*raise ModelClient\(timeout=\.\.\.\).*gave up after 3 attempt",
-        bill_defect=NOT_COUNTED,
     ),
     Row(
         "429 with Retry-After",
         (Fault.rate_limited(retry_after="1"), OK),
         hits=2,
         min_wait_s=1.0,
-        bill_defect=NOT_COUNTED,
     ),
-    Row("429 without Retry-After", (Fault.rate_limited(), OK), hits=2, bill_defect=NOT_COUNTED),
+    Row("429 without Retry-After", (Fault.rate_limited(), OK), hits=2),
     Row(
         "429 with a Retry-After past the policy",
         (Fault.rate_limited(retry_after="60"),),
@@ -124,26 +111,22 @@ TABLE: list[Row] = [
         hits=ATTEMPTS,
         error=RateLimitedError,
         match=r"HTTP 429.*Lower max_in_flight.*gave up after 3 attempt",
-        bill_defect=NOT_COUNTED,
     ),
-    Row("burst of 500 and 503", (Fault.status(500), Fault.status(503), OK), hits=3, bill_defect=NOT_COUNTED),
+    Row("burst of 500 and 503", (Fault.status(500), Fault.status(503), OK), hits=3),
     Row(
         "503 every time",
         (Fault.status(503, "overloaded"),) * ATTEMPTS,
         hits=ATTEMPTS,
         error=ServerError,
         match=r"HTTP 503: overloaded.*check its log.*gave up after 3 attempt",
-        bill_defect=NOT_COUNTED,
     ),
-    Row("reset mid-body, then an answer", (Fault.reset_mid_body(), OK), hits=2, bill_defect=NOT_COUNTED),
+    Row("reset mid-body, then an answer", (Fault.reset_mid_body(), OK), hits=2),
     Row(
         "reset mid-body every time",
         (Fault.reset_mid_body(),) * ATTEMPTS,
         hits=ATTEMPTS,
         error=ServerUnavailableError,
         match=r"(?i)(reset|closed the connection).*(mid|before|answer)",
-        outcome_defect=WRONG_FIX,
-        bill_defect=NOT_COUNTED,
     ),
     Row(
         "connection closed without an answer",
@@ -151,8 +134,6 @@ TABLE: list[Row] = [
         hits=ATTEMPTS,
         error=ServerUnavailableError,
         match=r"(?i)(reset|closed the connection).*(mid|before|answer)",
-        outcome_defect=WRONG_FIX,
-        bill_defect=NOT_COUNTED,
     ),
     Row(
         "HTML page",
@@ -209,7 +190,7 @@ TABLE: list[Row] = [
         match=r"cut off at max_tokens.*raise max_tokens",
     ),
     Row("logprobs missing when asked", (Fault.no_logprobs(OK),), hits=1, escalates=True),
-    Row("server killed, restarted", (Fault.kill(restart_after_s=0.0), OK), hits=2, bill_defect=NOT_COUNTED),
+    Row("server killed, restarted", (Fault.kill(restart_after_s=0.0), OK), hits=2),
     Row(
         "server killed, stays down",
         (Fault.kill(restart_after_s=None),),
@@ -403,7 +384,6 @@ async def test_calls_in_flight_when_the_server_is_killed_all_finish_after_its_re
     assert len(server.delivered) == 12
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_COUNTED)
 async def test_the_bill_of_a_kill_during_concurrent_calls_counts_the_killed_attempts() -> None:
     async with FaultServer(then=Fault.slow(0.15, OK)) as server:
         budget = Budget()

@@ -1,6 +1,6 @@
 """Bad actors and secrets: nothing a model or a dataset produced is executed; an API key never leaks; servers
 bind loopback unless told otherwise; huge or deeply nested answers end in a clear error; no dataset field
-writes outside the output folder. Where today's code fails, the test is xfail(strict=True) with the defect."""
+writes outside the output folder. A defect found here is marked xfail(strict=True) naming it until fixed."""
 
 from __future__ import annotations
 
@@ -133,21 +133,14 @@ def _strings(exc: BaseException | None) -> list[str]:
     return out
 
 
-KEY_LEAKS = (
-    "agentflow._wire.decode_json / parse_chat put the body of a 2xx answer that is not a completion (its HTML, "
-    "its error message) into BadResponseError's message and server_message without ModelClient._redact: a "
-    "server that echoes the Authorization header leaks the key into errors, traces and reports"
-)
-
-
 @pytest.mark.parametrize(
     "kind",
     [
         "401",
         "500",
         "429",
-        pytest.param("html", marks=pytest.mark.xfail(strict=True, reason=KEY_LEAKS)),
-        pytest.param("no choices", marks=pytest.mark.xfail(strict=True, reason=KEY_LEAKS)),
+        "html",
+        "no choices",
     ],
 )
 async def test_a_key_echoed_by_a_bad_server_appears_in_no_error_trace_log_or_repr(
@@ -238,21 +231,8 @@ def test_the_fault_server_listens_on_loopback_only() -> None:
 # --- huge and deeply nested answers -------------------------------------------------------------------
 
 HUGE = 48 * 1024 * 1024
-NO_SIZE_LIMIT = (
-    "ModelClient reads a whole response body into memory with no size limit (httpx buffers it in .post): a "
-    "48 MB answer to a request for 8 tokens is read to the end, then fails as 'a body that is not JSON'"
-)
-DEEP_BODY = (
-    "agentflow._wire.decode_json catches ValueError only: json.loads of a body nested 100,000 levels deep "
-    "raises RecursionError, which escapes as an untyped error"
-)
-DEEP_OUTPUT = (
-    "agentflow._structured.validate_output catches ValueError only: json.loads of an answer nested 100,000 "
-    "levels deep raises RecursionError, which escapes instead of a retry and a StructuredOutputError"
-)
 
 
-@pytest.mark.xfail(strict=True, reason=NO_SIZE_LIMIT)
 async def test_megabytes_of_json_are_cut_off_with_a_clear_error() -> None:
     async with FaultServer([Fault.huge_body(HUGE)]) as server:
         async with ModelClient(server.url, "m", retry=QUICK, timeout=30) as client:
@@ -261,7 +241,6 @@ async def test_megabytes_of_json_are_cut_off_with_a_clear_error() -> None:
     assert server.body_bytes_sent[0] < HUGE, "the client read the whole body before giving up"
 
 
-@pytest.mark.xfail(strict=True, reason=DEEP_BODY)
 async def test_a_deeply_nested_body_is_a_bad_response() -> None:
     async with FaultServer([Fault.deep_json(100_000)]) as server:
         async with ModelClient(server.url, "m", retry=QUICK) as client:
@@ -269,7 +248,6 @@ async def test_a_deeply_nested_body_is_a_bad_response() -> None:
                 await client.chat("hi", max_tokens=8)
 
 
-@pytest.mark.xfail(strict=True, reason=DEEP_OUTPUT)
 async def test_deeply_nested_structured_output_is_retried_then_refused() -> None:
     spec = JsonOutput({"type": "array"})
     deep = Fault.deep_json(100_000, in_text=True)
