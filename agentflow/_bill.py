@@ -174,6 +174,7 @@ class Bill:
     escalations: int = 0
     degradations: tuple[str, ...] = ()
     energy: EnergyReading | None = None  # None: estimated from this bill's FLOPs and wall time
+    escalation_routes: Mapping[str, int] = field(default_factory=dict)  # "from -> to": how many
 
     @property
     def energy_reading(self) -> EnergyReading:
@@ -225,6 +226,10 @@ class Bill:
             self.escalations + other.escalations,
             self.degradations + other.degradations,
             None if self.energy is None and other.energy is None else self.energy_reading + other.energy_reading,
+            {
+                route: self.escalation_routes.get(route, 0) + other.escalation_routes.get(route, 0)
+                for route in {**self.escalation_routes, **other.escalation_routes}
+            },
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -237,6 +242,7 @@ class Bill:
             "cost_usd": self.cost_usd,
             "wall_time_s": self.wall_time_s,
             "escalations": self.escalations,
+            "escalation_routes": dict(sorted(self.escalation_routes.items())),
             "degradations": list(self.degradations),
             "overshoots": self.overshoots,
             "energy_j": self.energy_j,
@@ -253,4 +259,5 @@ class Bill:
             int(data.get("escalations", 0)),
             tuple(data.get("degradations", ())),
             EnergyReading.from_dict(data["energy"]) if data.get("energy", {}).get("measured") else None,
+            {str(k): int(v) for k, v in dict(data.get("escalation_routes", {})).items()},
         )

@@ -213,6 +213,7 @@ class Budget:
         self._open: set[int] = set()
         self._models: dict[str, ModelBill] = {}
         self._escalations = 0
+        self._routes: dict[str, int] = {}
         self._degradations: list[str] = []
 
     def __repr__(self) -> str:
@@ -541,15 +542,24 @@ class Budget:
         return BudgetedModel(model, self, resolved)
 
     def record_escalation(self, from_model: str, to_model: str) -> None:
+        """Count an escalation, in total and by route (`"small -> large"`), here and in every parent."""
+        route = f"{from_model} -> {to_model}"
         for b in self.chain():
             b._escalations += 1
+            b._routes[route] = b._routes.get(route, 0) + 1
 
     def record_degradation(self, reason: str) -> None:
         for b in self.chain():
             b._degradations.append(reason)
 
     def bill(self) -> Bill:
-        return Bill(dict(self._models), self.elapsed(), self._escalations, tuple(self._degradations))
+        return Bill(
+            dict(self._models),
+            self.elapsed(),
+            self._escalations,
+            tuple(self._degradations),
+            escalation_routes=dict(self._routes),
+        )
 
 
 class BudgetedModel:

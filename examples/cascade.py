@@ -24,7 +24,7 @@ async def main(small_name: str, large_name: str) -> None:
     async with serving.start_servers([small_name, large_name]) as (s, l_):
         async with (
             ModelClient(s.url, s.model_name, dialect="llama_cpp") as small,
-            ModelClient(l_.url, l_.model_name, dialect="llama_cpp") as large,
+            ModelClient(l_.url, l_.model_name, dialect="llama_cpp", timeout=600) as large,  # long prompts on a CPU
         ):
             cascade = Cascade(
                 [

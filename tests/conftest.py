@@ -89,7 +89,8 @@ def large_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[serving.L
 async def _client_for(server: serving.LlamaCppServer) -> AsyncIterator[Any]:
     from agentflow._client import ModelClient
 
-    async with ModelClient(server.url, server.model_name, dialect="llama_cpp") as client:
+    # A busy 2-core machine can take minutes for one long answer: the timeout only ends a hung server.
+    async with ModelClient(server.url, server.model_name, dialect="llama_cpp", timeout=900) as client:
         yield client
 
 

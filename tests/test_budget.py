@@ -383,6 +383,8 @@ async def test_bill_per_model_json_and_addition() -> None:
     assert Bill.from_dict(d) == bill
     twice = bill + bill
     assert twice.requests == 4 and twice.escalations == 2 and twice.wall_time_s == 5.0
+    assert bill.escalation_routes == {f"{SMOKE} -> {SMALL}": 1} and d["escalation_routes"] == bill.escalation_routes
+    assert twice.escalation_routes == {f"{SMOKE} -> {SMALL}": 2}
     assert twice.models[SMOKE] == ModelBill(2, 8, 2, get_model(SMOKE).flops(10), 0.0)
     assert (Bill() + bill) == bill
 

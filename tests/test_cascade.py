@@ -374,13 +374,15 @@ async def test_real_two_rung_cascade_on_two_hotpotqa_questions(small_client: Any
         ],
         budget=budget,
     )
-    escalations = 0
+    escalations, attempts = 0, 0
     for ex in load_dataset("hotpotqa", rows=[0, 1]):
         result = await cascade.run(QAState(question=ex.question, paragraphs=list(ex.paragraphs)))
         first = result.decisions[0]
         assert first.score is not None and 0.0 < first.score <= 1.0  # a real token probability, read from the state
-        assert first.usage.requests == 1 and result.state.answer.strip()
+        assert first.usage.requests >= 1 and result.state.answer.strip()  # more than 1 only if an attempt was retried
+        attempts += sum(d.usage.requests for d in result.decisions)
         assert result.rung == (1 if first.escalated else 0) and len(result.decisions) == 1 + first.escalated
         escalations += first.escalated
     bill = budget.bill()
-    assert bill.escalations == escalations and bill.requests == 2 + escalations and bill.overshoots == 0
+    assert bill.escalations == escalations and bill.overshoots == 0
+    assert bill.requests == attempts >= 2 + escalations  # every attempt on the bill, once
