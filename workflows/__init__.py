@@ -34,7 +34,7 @@ from agentflow import (
 )
 from agentflow.eval import Paragraph, top_paragraphs
 
-from . import cot, decompose, direct, self_consistency, verify
+from . import cot, decompose, direct, multihop, self_consistency, verify
 from ._common import QADeps, QAState, Rule, answer_request, clean_answer, short_span_rule
 from .retrieve import with_retrieval
 
@@ -57,11 +57,14 @@ WORKFLOWS: dict[str, Callable[[], Graph[QAState, QADeps]]] = {
     "sc": self_consistency.build,
     "verify": verify.build,
     "decompose": decompose.build,
+    "multihop": multihop.build,
 }
 
 
 def build(name: str, *, retrieve_k: int | None = None) -> Graph[QAState, QADeps]:
     """The named workflow with its default settings, behind retrieval of `retrieve_k` paragraphs if given."""
+    if name == "multihop":  # it retrieves for itself, hop by hop: `retrieve_k` is its first hop's k
+        return multihop.build(k=retrieve_k or 2)
     try:
         graph = WORKFLOWS[name]()
     except KeyError:
@@ -162,4 +165,6 @@ def _least_calls(
     if workflow == "decompose":
         plan = answer_request(state, decompose.PLAN.format(n=2), max_tokens=24 * 2 + 16)
         return [(plan, deps.model), (answer, deps.model)]
+    if workflow == "multihop":  # the bridge of the first hop, then the answer
+        return [(answer, deps.model)] * 2
     return [(answer, deps.model)]

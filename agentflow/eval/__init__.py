@@ -14,6 +14,7 @@ from ._calibration_data import calibrate_file, collect_examples
 from ._compare import CompareConfig, Comparison
 from ._data import Example, Paragraph, from_hf_dataset, from_records, load_dataset
 from ._deferral import DeferralCurve, Deferred, deferral_curve, plot_deferral
+from ._hops import HopRecall, bridge_title, hop_recall
 from ._metrics import (
     bootstrap_ci,
     exact_match,
@@ -36,6 +37,7 @@ __all__ = [
     "DeferralCurve",
     "Deferred",
     "Example",
+    "HopRecall",
     "Paragraph",
     "QuestionRecord",
     "ResponseCache",
@@ -46,6 +48,7 @@ __all__ = [
     "StateFactory",
     "bm25_scores",
     "bootstrap_ci",
+    "bridge_title",
     "calibrate_file",
     "collect_examples",
     "deferral_curve",
@@ -53,6 +56,7 @@ __all__ = [
     "f1_score",
     "from_hf_dataset",
     "from_records",
+    "hop_recall",
     "load_dataset",
     "numeric_match",
     "paired_bootstrap_diff",
