@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 from conftest import real_model_skip_reason
+from test_ledger import _shared_figures
+
+from agentflow import Bill
 
 pytestmark = pytest.mark.real_model
 
@@ -58,6 +61,9 @@ def test_compare_calibrate_and_a_free_rerun(tmp_path: Path) -> None:
     assert set(arms["small"]["tokens"]) == {"smollm2-135m"}
     assert arms["large"]["prompt_tokens"] > arms["small"]["prompt_tokens"]
     assert "| agent |" in (first / "report.md").read_text()
+    # One ledger: on a real run, every figure the report and the arm's bill both hold is the same number.
+    for name, arm in arms.items():
+        _shared_figures(arm, Bill.from_dict(report["bills_this_run"][name]))
     assert (first / "pareto.png").stat().st_size > 1000
 
     labelled = first / "calibration.jsonl"

@@ -210,7 +210,9 @@ class Comparison:
         finally:
             cache.close()
         deferral = deferral_section({a.name: a.records for a in arms}, estimator=self.config.estimator)
-        return write_report(self.out_dir, arms, list(self.examples), meta=self._meta(), deferral=deferral)
+        return write_report(
+            self.out_dir, arms, list(self.examples), meta=self._meta(), deferral=deferral, bills=self.bills
+        )
 
     async def _answer_all(
         self, arm: ArmName, todo: Sequence[Example], models: Mapping[Role, Model], arm_budget: Budget, store: RunStore

@@ -504,12 +504,16 @@ def write_report(
     plot: bool = True,
     seed: int = 0,
     deferral: Mapping[str, Any] | None = None,
+    bills: Mapping[str, Bill] | None = None,
 ) -> dict[str, Any]:
     """Write report.json, report.md and (with plot=True, needs matplotlib) pareto.png into out_dir, and
-    deferral.png when `deferral` holds a curve."""
+    deferral.png when `deferral` holds a curve. `bills` (each arm's bill for the questions answered in
+    this run) are kept under "bills_this_run", next to the figures built from them."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = build_report(arms, examples, meta=meta, seed=seed, deferral=deferral)
+    if bills is not None:
+        report["bills_this_run"] = {arm: bill.to_dict() for arm, bill in bills.items()}
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
     if plot:
