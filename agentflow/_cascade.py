@@ -45,6 +45,7 @@ from pydantic import BaseModel
 
 from ._budget import Budget, BudgetedModel, Reservation
 from ._calibration import DEFAULT_THRESHOLD, Thresholds
+from ._config import check_fallback_on
 from ._events import Listener, RunRecord, StateUpdated, emit
 from ._exceptions import (
     AgentFlowError,
@@ -239,14 +240,7 @@ class Cascade(Generic[S]):
                 )
         if on_error not in ("raise", "escalate"):
             raise ConfigError(f"on_error must be 'raise' or 'escalate', got {on_error!r}")
-        if not isinstance(fallback_on, tuple) or not all(
-            isinstance(e, type) and issubclass(e, ModelError) for e in fallback_on
-        ):
-            raise ConfigError(
-                f"fallback_on must be a tuple of ModelError classes, got {fallback_on!r}: pass e.g. "
-                "(ServerUnavailableError, ModelTimeoutError), or () to never fall back"
-            )
-        self.fallback_on = fallback_on
+        self.fallback_on = check_fallback_on(fallback_on)
         if thresholds is not None:
             given = thresholds if isinstance(thresholds, Thresholds) else Thresholds(tuple(thresholds))
             values = given.for_ladder(names)

@@ -267,3 +267,16 @@ def check_k(k: int, *, name: str = "k") -> int:
             f"{name} must be >= 1, got {k!r}: pass how many paragraphs the model should read (k >= 1, e.g. 2)"
         )
     return k
+
+
+def check_fallback_on(fallback_on: object) -> tuple[type[ModelError], ...]:
+    """`fallback_on`, when it is a tuple of ModelError classes (the errors on which a router or cascade
+    hands a question to the next rung); otherwise a ConfigError that says what to pass."""
+    if not isinstance(fallback_on, tuple) or not all(
+        isinstance(e, type) and issubclass(e, ModelError) for e in fallback_on
+    ):
+        raise ConfigError(
+            f"fallback_on must be a tuple of ModelError classes, got {fallback_on!r}: pass e.g. "
+            "(ServerUnavailableError, ModelTimeoutError), or () to never fall back"
+        )
+    return fallback_on

@@ -43,6 +43,7 @@ from ._confidence import (
     TokenProb,
     Verifier,
 )
+from ._config import check_fallback_on
 from ._exceptions import ConfigError, ModelError, ServerUnavailableError
 from ._types import ChatRequest, Completion, Model, Usage
 
@@ -121,14 +122,7 @@ class Router:
             raise ConfigError(f"router ladder has repeated model names {names}: give each rung a distinct name")
         if on_estimator_error not in ("escalate", "accept", "raise"):
             raise ConfigError(f"on_estimator_error must be 'escalate', 'accept' or 'raise', got {on_estimator_error!r}")
-        if not isinstance(fallback_on, tuple) or not all(
-            isinstance(e, type) and issubclass(e, ModelError) for e in fallback_on
-        ):
-            raise ConfigError(
-                f"fallback_on must be a tuple of ModelError classes, got {fallback_on!r}: pass e.g. "
-                "(ServerUnavailableError, ModelTimeoutError), or () to never fall back"
-            )
-        self.fallback_on = fallback_on
+        self.fallback_on = check_fallback_on(fallback_on)
         self.budget = budget
         if budget is not None:
             models = [m if isinstance(m, BudgetedModel) and m.budget is budget else budget.wrap(m) for m in models]
