@@ -57,3 +57,41 @@ def test_the_evaluation_namespace_is_curated_and_documented() -> None:
     # datasets, metrics, retrieval, stores, compare and report live here, not in the core
     for name in ("load_dataset", "exact_match", "top_paragraphs", "RunStore", "ResponseCache", "Comparison"):
         assert name in names and name not in agentflow.__all__
+
+
+# The two namespaces, pinned: a name added or removed is a decision, made here as well.
+CORE_NAMES = [
+    "AgentFlowError", "Agreement", "AgreementShare", "AnswerTokenProb", "Append", "BadResponseError", "Bill",
+    "Budget", "BudgetExceeded", "BudgetLimits", "BudgetedModel", "Cascade", "CascadeResult", "ChatRequest",
+    "Checkpoint", "CheckpointError", "CheckpointStore", "ChoiceOutput", "Circuit", "CircuitBreaker",
+    "CircuitOpenError", "Completion", "Confidence", "ConfidenceError", "ConfidenceState", "ConfigError", "Ctx",
+    "CycleLimitError", "DEFAULT_ANSWER_TOKENS", "DEFAULT_CIRCUIT", "DEFAULT_REASONING_TOKENS", "DEFAULT_RETRY",
+    "DatasetError", "END", "ErrorEvent", "Estimator", "Event", "FEATURE_NAMES", "Graph", "GraphBuilder",
+    "GraphRunError", "GraphValidationError", "HasSignals", "JsonOutput", "JsonlTraceWriter", "LearnedConfidence",
+    "Listener", "MaxOf", "Mean", "MemoryCheckpointer", "Message", "MinOf", "MissingDependencyError", "Model",
+    "ModelBill", "ModelCallEvent", "ModelClient", "ModelError", "ModelFileError", "ModelSpec", "ModelTimeoutError",
+    "NO_RETRY", "NodeFailedError", "NodeFinished", "NodeRetry", "NodeStarted", "PyPISource", "RateLimitedError",
+    "Reducer", "RegexOutput", "RequestRejectedError", "RetryPolicy", "RouteDecision", "Router", "RoutingError",
+    "RunConfigMismatchError", "RunFinished", "RunRecord", "RunResult", "Rung", "RungDecision", "START",
+    "ServerError", "ServerUnavailableError", "ServingError", "Signals", "SqliteCheckpointer", "StateConfidence",
+    "StateMax", "StateMean", "StateMin", "StateScore", "StateUpdated", "StepRecord", "StructuredOutputError",
+    "Thresholds", "TokenLogprob", "TokenProb", "UncountableModelError", "UnknownModelError",
+    "UnsupportedConstraintError", "Usage", "Verifier", "VerifierYes", "answers_agree", "auroc", "calibrate",
+    "check_k", "emit", "estimator", "features", "get_model", "list_models", "load_graph", "normalize_answer",
+    "observe", "register_model", "signals_of", "yes_probability",
+]  # fmt: skip
+EVAL_NAMES = [
+    "ARMS", "ArmResult", "CachedModel", "CompareConfig", "Comparison", "DeferralCurve", "Deferred", "Example",
+    "HopRecall", "Paragraph", "QuestionRecord", "ResponseCache", "RetrievalSettings", "RunStore", "RungFactory",
+    "RungRecord", "StateFactory", "bm25_scores", "bootstrap_ci", "bridge_title", "calibrate_file",
+    "collect_examples", "deferral_curve", "exact_match", "f1_score", "from_hf_dataset", "from_records",
+    "hop_recall", "load_dataset", "numeric_match", "paired_bootstrap_diff", "plot_deferral", "rank_paragraphs",
+    "score", "supporting_recall", "top_paragraphs", "write_report", "yes_no_match",
+]  # fmt: skip
+
+
+def test_both_namespaces_are_pinned() -> None:
+    import agentflow.eval
+
+    assert sorted(agentflow.__all__) == CORE_NAMES
+    assert sorted(agentflow.eval.__all__) == EVAL_NAMES
