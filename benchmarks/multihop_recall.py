@@ -1,6 +1,6 @@
 """Does retrieving again with the first hop's answer find the second paragraph? Supporting-paragraph recall per hop.
 
-    .venv/bin/python benchmarks/multihop_recall.py              # 80 tuning questions; ~10 min first run
+    .venv/bin/python benchmarks/multihop_recall.py              # 80 tuning questions, 160 model calls
     .venv/bin/python benchmarks/multihop_recall.py --no-model   # BM25 and the oracle only, seconds
 
 On HotpotQA's tuning rows (0-39 bridge, 250-289 comparison; rows 100-129 and 350-379 are held out and
@@ -13,7 +13,8 @@ only read with `--split heldout`, which never starts a model), for a total of k 
   server) naming the bridge after reading hop 1's paragraphs: `workflows.multihop.retriever`, run as is.
 
 Recall@k is the share of questions whose supporting paragraphs were all read; "partial" the mean share of
-them read. Model responses go to a response cache (`--out`/responses.sqlite), so a rerun costs nothing.
+them read. The first run took 53 min on 2 busy cores (about 20 s a call); model responses go to a response
+cache (`--out`/responses.sqlite), so a rerun takes seconds.
 """
 
 from __future__ import annotations
@@ -53,11 +54,9 @@ def single_shot(examples: Sequence[Example], k: int) -> Reads:
     return [[[p.title for p in top_paragraphs(e.question, e.paragraphs, k)]] for e in examples]
 
 
-async def two_hops(
-    examples: Sequence[Example], k1: int, k2: int, bridge: Model | None, *, choose: bool = False
-) -> tuple[Reads, list[str]]:
+async def two_hops(examples: Sequence[Example], k1: int, k2: int, bridge: Model | None) -> tuple[Reads, list[str]]:
     """Run `workflows.multihop.retriever` on every question; `bridge=None` answers with the oracle title."""
-    graph = retriever(k=k1, next_k=k2, hops=2, choose=choose)
+    graph = retriever(k=k1, next_k=k2, hops=2)
     reads: Reads = []
     found: list[str] = []
     for i, e in enumerate(examples):
@@ -128,12 +127,6 @@ async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--split", choices=list(SPLITS), default="tuning")
     p.add_argument("--no-model", action="store_true", help="BM25 and the oracle bridge only")
-    p.add_argument(
-        "--bridge",
-        choices=["free", "choice", "both"],
-        default="both",
-        help="how the model names the bridge: free text, or a title picked among the unread ones",
-    )
     p.add_argument("--out", type=Path, default=Path("runs/multihop"))
     args = p.parse_args()
     use_model = not args.no_model
@@ -156,16 +149,13 @@ async def main() -> None:
         async with serving.start_servers([name]) as (server,):
             async with ModelClient(server.url, name, dialect="llama_cpp", timeout=600) as client:
                 model = CachedModel(client, ResponseCache(args.out / "responses.sqlite"))
-                for choose in [c for c in (False, True) if args.bridge in ("both", "choice" if c else "free")]:
-                    how = "picked title" if choose else "free text"
-                    for k, splits in HOPS.items():
-                        for k1, k2 in splits:
-                            print(f"  model bridge ({how}), k={k} ({k1}+{k2})", flush=True)
-                            reads, found = await two_hops(examples, k1, k2, model, choose=choose)
-                            method = f"two hops, small-model bridge ({how})"
-                            rows.append(row(method, k, f"{k1}+{k2}", examples, reads))
-                            hits = bridge_hits(examples, found)
-                            notes.append(f"{how}, k1={k1}: the model's bridge names the gold bridge in {hits:.0%}")
+                for k, splits in HOPS.items():
+                    for k1, k2 in splits:
+                        print(f"  model bridge, k={k} ({k1}+{k2})", flush=True)
+                        reads, found = await two_hops(examples, k1, k2, model)
+                        rows.append(row("two hops, small-model bridge", k, f"{k1}+{k2}", examples, reads))
+                        hits = bridge_hits(examples, found)
+                        notes.append(f"k1={k1}: the small model's bridge names the gold bridge title in {hits:.0%}")
                 notes.append(f"model calls {model.misses}, cache hits {model.hits}, {time.monotonic() - t0:.0f} s")
     rows.sort(key=lambda r: (r["k"], r["method"] != "single-shot BM25", r["method"], r["split"]))
     text = table(rows)

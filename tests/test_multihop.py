@@ -1,15 +1,14 @@
-"""Multi-hop retrieval (workflows.multihop) and supporting-paragraph recall per hop (agentflow.eval._hops)."""
+"""Multi-hop retrieval (workflows.multihop) and supporting-paragraph recall per hop (agentflow.eval.hop_recall)."""
 
 from __future__ import annotations
 
 import pytest
 
-from agentflow import ChatRequest, ChoiceOutput, Completion, ConfigError, StructuredOutputError, Usage
-from agentflow.eval import Example, Paragraph, top_paragraphs
-from agentflow.eval._hops import HopRecall, bridge_title, hop_recall
+from agentflow import Completion, ConfigError, Usage
+from agentflow.eval import Example, HopRecall, Paragraph, bridge_title, hop_recall, top_paragraphs
 from agentflow.testing import FunctionModel, ScriptedModel
 from workflows import QADeps, QAState, decompose
-from workflows.multihop import BRIDGE, BRIDGE_CHOICE, build, hop_findings, hops_read, next_hop, retriever
+from workflows.multihop import BRIDGE, build, hop_findings, hops_read, next_hop, retriever
 
 FILM = Paragraph(
     "Kiss and Tell (1945 film)",
@@ -57,29 +56,31 @@ async def test_two_hops_read_the_bridge_paragraph_with_one_model_call() -> None:
     assert user.rstrip().endswith(f"Question: {Q}\nAnswer:")
 
 
-async def test_choose_constrains_the_bridge_to_the_titles_not_read_yet() -> None:
-    model = ScriptedModel(["Shirley Temple"])
-    state, _ = await retriever(k=1, next_k=1, choose=True).run(_state(), deps=QADeps(model=model))
-    (req,) = model.requests
-    unread = ("Meet Corliss Archer", "Shirley Temple", "Janet Waldo", "Lord High Treasurer")
-    assert req.output == ChoiceOutput(unread)
-    assert req.messages[0].content == BRIDGE_CHOICE
-    assert "Titles not read yet:\n" + "\n".join(unread) in req.messages[-1].content
-    assert hops_read(state) == [["Kiss and Tell (1945 film)"], ["Shirley Temple"]]
-
-
-async def test_a_pick_that_fails_its_constraint_falls_back_to_the_question_alone() -> None:
-    def fail(_: ChatRequest) -> str:
-        raise StructuredOutputError("not one of the choices", raw_text="?", attempts=2, finish_reason="stop")
-
-    state, _ = await retriever(k=1, next_k=1, choose=True).run(_state(), deps=QADeps(model=FunctionModel(fail)))
-    assert hop_findings(state) == [""]
-    assert hops_read(state)[1] == [p.title for p in next_hop(Q, PARAS, [FILM], [], 1)] == ["Shirley Temple"]
+async def test_two_hops_read_the_second_paragraph_single_shot_misses_at_the_same_count() -> None:
+    q = "Which city was the director of the 2014 film Big Stone Gap born in?"
+    paras = [
+        Paragraph(
+            "Big Stone Gap (film)", "Big Stone Gap is a 2014 comedy film by Adriana Trigiani.", is_supporting=True
+        ),
+        Paragraph("Adriana Trigiani", "Adriana Trigiani is an Italian American author, born in New York City.", True),
+        Paragraph(
+            "Big Stone Gap, Virginia",
+            "Big Stone Gap is a town in Virginia. The city was a 2014 film location; many directors were born there.",
+        ),
+        Paragraph("Wise County, Virginia", "Wise County is a county in Virginia with the city of Big Stone Gap."),
+    ]
+    example = _example(q, paras)
+    single = [[top_paragraphs(q, paras, 2)]]
+    state, _ = await retriever(k=1, next_k=1).run(
+        QAState(question=q, paragraphs=paras), deps=QADeps(model=ScriptedModel(["Adriana Trigiani"]))
+    )
+    assert hop_recall([example], single)[-1].recall == 0.0
+    assert [r.recall for r in hop_recall([example], [hops_read(state)])] == [0.0, 1.0]
 
 
 async def test_build_answers_from_everything_read() -> None:
     model = ScriptedModel(["Shirley Temple", "Chief of Protocol"])
-    state, record = await build(k=1, next_k=1).run(_state(), deps=QADeps(model=model))
+    state, record = await build().run(_state(), deps=QADeps(model=model))
     assert state.answer == "Chief of Protocol"
     assert record.nodes[-2:] == ["read/answer", "read"]
     answer_user = model.requests[1].messages[-1].content

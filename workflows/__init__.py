@@ -63,8 +63,8 @@ WORKFLOWS: dict[str, Callable[[], Graph[QAState, QADeps]]] = {
 
 def build(name: str, *, retrieve_k: int | None = None) -> Graph[QAState, QADeps]:
     """The named workflow with its default settings, behind retrieval of `retrieve_k` paragraphs if given."""
-    if name == "multihop":  # it retrieves for itself, hop by hop: `retrieve_k` is its first hop's k
-        return multihop.build(k=retrieve_k or 2)
+    if name == "multihop":  # it retrieves for itself, hop by hop: `retrieve_k` paragraphs in all (k-1, then 1)
+        return multihop.build(k=max(1, (retrieve_k or 2) - 1), next_k=1)
     try:
         graph = WORKFLOWS[name]()
     except KeyError:
