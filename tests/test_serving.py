@@ -170,10 +170,15 @@ async def test_start_servers_stops_the_started_ones_when_one_fails(
     assert good.pid is not None and pid_gone(good.pid)
 
 
-async def test_atexit_safety_net_stops_live_servers(fake_python: Path, fake_model_file: Path, tmp_path: Path) -> None:
+async def test_atexit_safety_net_stops_live_servers(
+    fake_python: Path, fake_model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only this test's server is in the registry the safety net sweeps: the session's real model servers
+    # (started by other tests in this process) must outlive it.
+    monkeypatch.setattr(_process, "_LIVE", {})
     server = await _fake(fake_python, fake_model_file, tmp_path).start()
     pid = server.pid
-    assert pid is not None
+    assert pid is not None and pid in _process._LIVE
     await asyncio.to_thread(_process._stop_all)
     assert pid_gone(pid)
     assert not _process._LIVE
