@@ -310,7 +310,7 @@ def _timeless(value: Any) -> Any:
         return {
             k: _timeless(v)
             for k, v in value.items()
-            if not k.startswith(("wall_s", "energy")) and k not in ("questions at once",)
+            if not k.startswith(("wall_s", "wall_time_s", "energy")) and k not in ("questions at once",)
         }
     if isinstance(value, list):
         return [_timeless(v) for v in value]
