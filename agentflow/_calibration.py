@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._config import load_json_file
 from ._exceptions import ConfigError
 from ._intervals import Interval, bootstrap_intervals, wilson_interval
 
@@ -134,16 +135,13 @@ class Thresholds:
 
     @staticmethod
     def load(path: str | Path) -> Thresholds:
-        p = Path(path)
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(
-                f"thresholds file {str(p)!r} does not exist: write it with `agentflow calibrate DATASET_FILE`"
-            ) from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"thresholds file {str(p)!r} is not valid JSON ({e}): recalibrate to rewrite it") from e
-        return Thresholds.from_dict(data, source=str(p))
+        data = load_json_file(
+            path,
+            what="thresholds file",
+            missing="write it with `agentflow calibrate DATASET_FILE`",
+            invalid="recalibrate to rewrite it",
+        )
+        return Thresholds.from_dict(data, source=str(path))
 
 
 # --- examples and statistics --------------------------------------------------------------------

@@ -13,10 +13,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
-from typing import Literal, TypeVar
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 import httpx
 from tenacity import stop_after_attempt, stop_before_delay, wait_exponential
@@ -280,3 +282,15 @@ def check_fallback_on(fallback_on: object) -> tuple[type[ModelError], ...]:
             "(ServerUnavailableError, ModelTimeoutError), or () to never fall back"
         )
     return fallback_on
+
+
+def load_json_file(path: str | Path, *, what: str, missing: str, invalid: str) -> Any:
+    """The JSON in `path`; a ConfigError naming `what` and the fix (`missing`, `invalid`) when it is absent
+    or does not parse. The one reader behind saved thresholds and learned confidences."""
+    p = Path(path)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {str(p)!r} does not exist: {missing}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{what} {str(p)!r} is not valid JSON ({e}): {invalid}") from e

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from ._confidence import answers_agree, normalize_answer
+from ._config import load_json_file
 from ._exceptions import ConfidenceError, ConfigError, MissingDependencyError
 
 __all__ = [
@@ -466,16 +467,13 @@ class LearnedConfidence(StateConfidence):
 
     @staticmethod
     def load(path: str | Path) -> LearnedConfidence:
-        p = Path(path)
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(
-                f"learned confidence file {str(p)!r} does not exist: train one with LearnedConfidence.fit and save it"
-            ) from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"learned confidence file {str(p)!r} is not valid JSON ({e}): save it again") from e
-        return LearnedConfidence.from_dict(data, source=str(p))
+        data = load_json_file(
+            path,
+            what="learned confidence file",
+            missing="train one with LearnedConfidence.fit and save it",
+            invalid="save it again",
+        )
+        return LearnedConfidence.from_dict(data, source=str(path))
 
 
 def _vector(signals: Signals, names: Sequence[str]) -> list[float]:
