@@ -259,10 +259,21 @@ class ManagedServer(ABC):
 
     @staticmethod
     async def _wait_exit(proc: subprocess.Popen[bytes], limit: float | None) -> int | None:
-        try:
-            return await asyncio.to_thread(proc.wait, limit)
-        except subprocess.TimeoutExpired:
-            return None
+        """The exit code once the process has exited, None if `limit` seconds pass first.
+
+        Polls (`waitpid` with WNOHANG) on the event loop instead of blocking a worker thread in
+        `Popen.wait`: a thread blocked in `waitpid` cannot be cancelled, holds the Popen's wait lock
+        against `stop`, and keeps `asyncio.run` from returning (it joins its worker threads), so a
+        Ctrl-C on `agentflow serve` could leave the CLI waiting on a thread nobody would wake.
+        """
+        deadline = None if limit is None else time.monotonic() + limit
+        delay = 0.005
+        while (code := proc.poll()) is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        return code
 
     async def _launch_and_wait(self) -> None:
         argv = self.argv()
