@@ -75,6 +75,7 @@ from ._types import (
     Message,
     Model,
     RegexOutput,
+    Sampler,
     TokenLogprob,
     Usage,
 )
@@ -91,6 +92,7 @@ __all__ = [
     "FEATURE_NAMES",
     "NO_RETRY",
     "START",
+    "Sampler",
     "Agreement",
     "AgreementShare",
     "AnswerTokenProb",

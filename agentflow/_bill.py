@@ -5,6 +5,12 @@ This is the one account of what a call cost. `spend_for` is the only place where
 books every call through it into a `Bill`, and the evaluation report builds its per-question and per-arm
 figures from those bills, so a number in a report and the same number in a bill cannot disagree.
 
+FLOPs count what was computed: the completion tokens (decode) and the prompt tokens the server did not take
+from its prefix cache (prefill). Cached prompt tokens (`Usage.cached_prompt_tokens`, as the server reports
+them) are counted apart and cost no FLOPs; a server that reports none (llama-cpp-python's) has its prompts
+counted in full, even when it reused the previous request's prompt. Dollars count every prompt token at the
+catalog's price (it has no price for cached tokens).
+
 A call answered from a response cache costs nothing now; its bill counts it in `cached` and keeps what it
 cost when it was made in `from_cache` (`original_usage` reads that from the completion).
 """
@@ -33,6 +39,7 @@ __all__ = [
     "cache_hit_bill",
     "original_usage",
     "spend_for",
+    "usage_spend",
 ]
 
 ORIGINAL_USAGE = "original_usage"
@@ -47,26 +54,29 @@ def original_usage(completion: Completion) -> Usage:
 
 @dataclass(frozen=True, slots=True)
 class Spend:
-    """An amount of compute: counted requests and tokens, estimated FLOPs and dollars. Adds with `+`."""
+    """An amount of compute: counted requests and tokens, estimated FLOPs and dollars. Adds with `+`.
+
+    `cached_prompt_tokens` is the part of `prompt_tokens` served from a server's prefix cache (no FLOPs)."""
 
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     flops: float = 0.0
     cost_usd: float = 0.0
+    cached_prompt_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
     def __add__(self, other: Spend) -> Spend:
-        return Spend(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+        return Spend(*(a + b for a, b in zip(_amounts(self), _amounts(other), strict=True)))
 
     def __sub__(self, other: Spend) -> Spend:
-        return Spend(*(a - b for a, b in zip(astuple(self), astuple(other), strict=True)))
+        return Spend(*(a - b for a, b in zip(_amounts(self), _amounts(other), strict=True)))
 
     def scaled(self, n: int) -> Spend:
-        return Spend(*(a * n for a in astuple(self)))
+        return Spend(*(a * n for a in _amounts(self)))
 
     def as_dict(self) -> dict[str, float]:
         return {
@@ -76,43 +86,63 @@ class Spend:
             "total_tokens": self.total_tokens,
             "flops": self.flops,
             "cost_usd": self.cost_usd,
+            "cached_prompt_tokens": self.cached_prompt_tokens,
         }
 
     @staticmethod
     def from_dict(data: Mapping[str, Any]) -> Spend:
-        """The inverse of `as_dict` (`total_tokens` is derived, so it is not read)."""
+        """The inverse of `as_dict` (`total_tokens` is derived, so it is not read; amounts written before
+        cached prompt tokens were counted read as none)."""
         return Spend(
             int(data.get("requests", 0)),
             int(data.get("prompt_tokens", 0)),
             int(data.get("completion_tokens", 0)),
             float(data.get("flops", 0.0)),
             float(data.get("cost_usd", 0.0)),
+            int(data.get("cached_prompt_tokens", 0)),
         )
 
     def usage(self) -> Usage:
         """The counted part of this amount (requests and tokens)."""
-        return Usage(self.requests, self.prompt_tokens, self.completion_tokens)
+        return Usage(self.requests, self.prompt_tokens, self.completion_tokens, self.cached_prompt_tokens)
 
 
-def astuple(s: Spend) -> tuple[Any, ...]:
-    return (s.requests, s.prompt_tokens, s.completion_tokens, s.flops, s.cost_usd)
+def astuple(s: Spend) -> tuple[int, int, int, float, float, int]:
+    """Every amount of `s`, in field order: also the first fields of a `ModelBill` (`ModelBill(*astuple(s))`)."""
+    return (s.requests, s.prompt_tokens, s.completion_tokens, s.flops, s.cost_usd, s.cached_prompt_tokens)
+
+
+def _amounts(s: Spend) -> tuple[Any, ...]:
+    return astuple(s)
 
 
 CHECKED = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "flops", "cost_usd")
 
 
-def spend_for(spec: ModelSpec | None, prompt: int, completion: int, requests: int = 1) -> Spend:
+def spend_for(spec: ModelSpec | None, prompt: int, completion: int, requests: int = 1, cached_prompt: int = 0) -> Spend:
     """What `requests` calls with these token counts cost on `spec`: the one place tokens become FLOPs and
-    dollars. A model missing from the catalog (`spec=None`) is counted in requests and tokens only."""
+    dollars. `cached_prompt` of the `prompt` tokens came from the server's prefix cache: they cost no FLOPs
+    (nothing was computed for them), and are kept apart. A model missing from the catalog (`spec=None`) is
+    counted in requests and tokens only."""
+    cached = max(0, min(cached_prompt, prompt))
     if spec is None:
-        return Spend(requests, prompt, completion)
-    return Spend(requests, prompt, completion, spec.flops(prompt + completion), spec.cost_usd(prompt, completion))
+        return Spend(requests, prompt, completion, cached_prompt_tokens=cached)
+    flops = spec.flops(prompt - cached + completion)
+    return Spend(requests, prompt, completion, flops, spec.cost_usd(prompt, completion), cached)
+
+
+def usage_spend(spec: ModelSpec | None, usage: Usage, requests: int | None = None) -> Spend:
+    """`spend_for` of a Usage (its requests unless `requests` is given), cached prompt tokens included."""
+    n = usage.requests if requests is None else requests
+    return spend_for(spec, usage.prompt_tokens, usage.completion_tokens, n, usage.cached_prompt_tokens)
 
 
 @dataclass(frozen=True, slots=True)
 class ModelBill:
     """What one model cost in a scope. `overshoots` counts calls whose actual usage exceeded their
     reservation (e.g. a server that ignored max_tokens); `failed` counts calls that raised.
+    `cached_prompt_tokens` is the part of `prompt_tokens` the server took from its prefix cache (not in
+    `flops`).
 
     `cached` counts calls answered from a response cache: they cost nothing now and are not in `requests`
     or the tokens; `from_cache` is what they cost when they were made (what this scope would have spent
@@ -123,6 +153,7 @@ class ModelBill:
     completion_tokens: int = 0
     flops: float = 0.0
     cost_usd: float = 0.0
+    cached_prompt_tokens: int = 0  # sixth, as in Spend: `ModelBill(*astuple(spend))` is that spend's bill
     cached: int = 0
     failed: int = 0
     overshoots: int = 0
@@ -134,7 +165,7 @@ class ModelBill:
     @property
     def spent(self) -> Spend:
         """What was spent now (cache hits excluded)."""
-        return Spend(self.requests, self.prompt_tokens, self.completion_tokens, self.flops, self.cost_usd)
+        return Spend(*(getattr(self, f.name) for f in fields(Spend)))
 
     def with_cache(self) -> Spend:
         """What these calls cost, counting cache hits at their original cost ("would have cost")."""
@@ -157,10 +188,7 @@ class ModelBill:
 def cache_hit_bill(spec: ModelSpec | None, completion: Completion) -> ModelBill:
     """The bill of one call answered from a response cache: nothing spent now, its original cost kept."""
     orig = original_usage(completion)
-    return ModelBill(
-        cached=1,
-        from_cache=spend_for(spec, orig.prompt_tokens, orig.completion_tokens, max(1, orig.requests)),
-    )
+    return ModelBill(cached=1, from_cache=usage_spend(spec, orig, max(1, orig.requests)))
 
 
 @dataclass(frozen=True)
@@ -201,6 +229,11 @@ class Bill:
         return int(self._sum("completion_tokens"))
 
     @property
+    def cached_prompt_tokens(self) -> int:
+        """The part of `prompt_tokens` servers took from their prefix caches (computed before: no FLOPs)."""
+        return int(self._sum("cached_prompt_tokens"))
+
+    @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
@@ -238,6 +271,7 @@ class Bill:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
+            "cached_prompt_tokens": self.cached_prompt_tokens,
             "flops": self.flops,
             "cost_usd": self.cost_usd,
             "wall_time_s": self.wall_time_s,

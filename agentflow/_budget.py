@@ -3,7 +3,9 @@
 A `Budget` is a running `Spend` plus frozen `BudgetLimits`. Before a call, `reserve()` books the call's
 worst case (estimated prompt tokens + `max_tokens`) on the budget *and every parent* in one step with
 no `await` in between, so any number of concurrent branches can never overshoot a cap together.
-After the call, `settle()` releases the reservation and charges what the server reported.
+After the call, `settle()` releases the reservation and charges what the server reported: prompt tokens it
+took from its prefix cache (`Usage.cached_prompt_tokens`) are counted but cost no FLOPs, while the
+reservation stays the worst case (the whole prompt computed).
 
     budget = Budget(BudgetLimits(completion_tokens=2_000, flops=1e13))
     model = budget.wrap(client)              # every call now reserves and settles
@@ -33,7 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
-from ._bill import CHECKED, Bill, ModelBill, Spend, astuple, cache_hit_bill, spend_for
+from ._bill import CHECKED, Bill, ModelBill, Spend, astuple, cache_hit_bill, spend_for, usage_spend
 from ._catalog import ModelSpec, get_model, list_models
 from ._exceptions import BudgetExceeded, ConfigError, UncountableModelError, UnknownModelError
 from ._types import ChatRequest, Completion, Model, Usage
@@ -141,6 +143,55 @@ DEFAULT_BUDGET_LIMITS = BudgetLimits()
 
 #: How long a call waiting for calls in flight to settle waits without any of them settling (seconds).
 DEFAULT_WAIT_S = 60.0
+
+
+# --- what a call is checked against and charged (shared with `_shared_budget`) -------------------
+
+
+def limit_broken(
+    limits: BudgetLimits, used: Spend, max_tokens: int, elapsed: Callable[[], float]
+) -> tuple[str, float, float] | None:
+    """The first of `limits` that `used` (spent + reserved + asked) breaks, as (limit, allowed, would-be), or
+    None; `max_tokens` is the call's, `elapsed()` the scope's wall time (read only when it is limited)."""
+    if limits.wall_time_s is not None and elapsed() >= limits.wall_time_s:
+        return "wall_time_s", limits.wall_time_s, elapsed()
+    if limits.max_tokens_per_call is not None and max_tokens > limits.max_tokens_per_call:
+        return "max_tokens_per_call", limits.max_tokens_per_call, max_tokens
+    for key in CHECKED:
+        allowed = getattr(limits, key)
+        if allowed is not None and getattr(used, key) > allowed:
+            return key, allowed, getattr(used, key)
+    return None
+
+
+def settlement(
+    spec: ModelSpec | None, ask: Spend, max_tokens: int, completion: Completion | Usage
+) -> tuple[Spend, ModelBill]:
+    """What a call that reserved `ask` (asking `max_tokens`) and answered `completion` is charged, and its bill.
+
+    A cached completion costs nothing; one whose server reported no usage (`meta["usage_missing"]`) is
+    charged its reserved worst case; any other is charged its usage (above the reservation: an overshoot), the
+    prompt tokens its server took from its prefix cache without FLOPs."""
+    if isinstance(completion, Completion) and completion.cached:
+        return Spend(), cache_hit_bill(spec, completion)
+    if isinstance(completion, Completion) and completion.meta.get("usage_missing"):
+        # the server did not say what it used: charge the worst case that was reserved, and every attempt
+        # the client counted (a retried call reached the server more than once)
+        worst = replace(ask, requests=max(ask.requests, completion.usage.requests))
+        return worst, ModelBill(*astuple(worst))
+    usage = completion.usage if isinstance(completion, Completion) else completion
+    actual = usage_spend(spec, usage, max(1, usage.requests))
+    over = int(actual.prompt_tokens > ask.prompt_tokens or actual.completion_tokens > max_tokens)
+    return actual, ModelBill(*astuple(actual), overshoots=over)
+
+
+def failure_charge(spec: ModelSpec | None, usage: Usage | None) -> tuple[Spend, ModelBill]:
+    """What a call that raised is charged: what its error says it spent (`usage`), or, when the error does not
+    say (None), one request and no tokens; its bill counts it as failed."""
+    if usage is None:
+        return Spend(requests=1), ModelBill(requests=1, failed=1)
+    spent = usage_spend(spec, usage)
+    return spent, ModelBill(*astuple(spent), failed=1)
 
 
 # --- the budget ---------------------------------------------------------------------------------
@@ -311,16 +362,10 @@ class Budget:
         """The first (scope, limit, allowed, would-be) that `ask` would break, across the chain
         (`in_flight=False`: as if every call in flight settled for nothing)."""
         for b in self.chain():
-            lim = b.limits
-            if lim.wall_time_s is not None and b.elapsed() >= lim.wall_time_s:
-                return b, "wall_time_s", lim.wall_time_s, b.elapsed()
-            if lim.max_tokens_per_call is not None and max_tokens > lim.max_tokens_per_call:
-                return b, "max_tokens_per_call", lim.max_tokens_per_call, max_tokens
             used = b._spent + b._reserved + ask if in_flight else b._spent + ask
-            for key in CHECKED:
-                allowed = getattr(lim, key)
-                if allowed is not None and getattr(used, key) > allowed:
-                    return b, key, allowed, getattr(used, key)
+            bad = limit_broken(b.limits, used, max_tokens, b.elapsed)
+            if bad is not None:
+                return b, *bad
         return None
 
     def can_afford(self, request: ChatRequest, model: Model | str | ModelSpec) -> bool:
@@ -488,28 +533,9 @@ class Budget:
 
     def _settle(self, res: Reservation, completion: Completion | Usage) -> Spend:
         res.budget._release(res)
-        if isinstance(completion, Completion) and completion.cached:
-            res.budget._charge(res.model, Spend(), cache_hit_bill(res.spec, completion))
-            return Spend()
-        if isinstance(completion, Completion) and completion.meta.get("usage_missing"):
-            # the server did not say what it used: charge the worst case that was reserved, and every attempt
-            # the client counted (a retried call reached the server more than once)
-            worst = replace(res.ask, requests=max(res.ask.requests, completion.usage.requests))
-            res.budget._charge(res.model, worst, ModelBill(*astuple(worst)))
-            return worst
-        usage = completion.usage if isinstance(completion, Completion) else completion
-        actual = spend_for(res.spec, usage.prompt_tokens, usage.completion_tokens, max(1, usage.requests))
-        over = int(actual.prompt_tokens > res.ask.prompt_tokens or actual.completion_tokens > res.max_tokens)
-        bill = ModelBill(
-            actual.requests,
-            actual.prompt_tokens,
-            actual.completion_tokens,
-            actual.flops,
-            actual.cost_usd,
-            overshoots=over,
-        )
-        res.budget._charge(res.model, actual, bill)
-        return actual
+        spent, bill = settlement(res.spec, res.ask, res.max_tokens, completion)
+        res.budget._charge(res.model, spent, bill)
+        return spent
 
     def fail(self, res: Reservation, usage: Usage | None = None) -> None:
         """Release `res` for a call that raised. It is charged exactly what the error says the call spent
@@ -517,12 +543,7 @@ class Budget:
         invalid answers too; `Usage()` when no attempt reached a server), or, when the error does not say, one
         request and no tokens."""
         res.budget._release(res)
-        if usage is None:
-            res.budget._charge(res.model, Spend(requests=1), ModelBill(requests=1, failed=1))
-        else:
-            spent = spend_for(res.spec, usage.prompt_tokens, usage.completion_tokens, usage.requests)
-            bill = ModelBill(spent.requests, spent.prompt_tokens, spent.completion_tokens, spent.flops, spent.cost_usd)
-            res.budget._charge(res.model, spent, bill + ModelBill(failed=1))
+        res.budget._charge(res.model, *failure_charge(res.spec, usage))
         self._wake(res)
 
     def cancel(self, res: Reservation) -> None:

@@ -18,6 +18,10 @@ cool-down, then one probe call checks whether the server is back (`circuit=`; se
 
 Structured output (see `_structured.py`) is asked for in the server's own dialect, validated, and retried
 `structured_retries` times when it comes back truncated or invalid; then StructuredOutputError.
+
+`sample(request, n)` gets n answers to one prompt without paying for the prompt n times where the server can:
+one request with `n` on vLLM and OpenAI, n requests in turn on llama.cpp (which reuses the prompt it has just
+computed, and ignores `n`). What a server took from its prefix cache is in `usage.cached_prompt_tokens`.
 """
 
 from __future__ import annotations
@@ -68,11 +72,13 @@ from ._types import (
 )
 from ._wire import (
     Answer,
+    WireChoices,
     WireCompletion,
     decode_json,
     excerpt,
     is_request_validation_error,
     parse_chat,
+    parse_chat_choices,
     parse_retry_after,
     parse_text_completion,
     read_answer,
@@ -83,6 +89,7 @@ from ._wire import (
 __all__ = ["ModelClient"]
 
 T = TypeVar("T")
+W = TypeVar("W", WireCompletion, WireChoices)  # what one response is parsed into: one answer, or several
 _NOTHING = Usage()
 
 
@@ -223,6 +230,47 @@ class ModelClient:
         """Answer one chat request; a request with `output` returns the validated value in `.parsed`."""
         structured = Structured(request.output) if request.output is not None else None
         return await self._complete_reported(request, structured, self._structured_retries)
+
+    @property
+    def samples_at_once(self) -> bool:
+        """Whether `sample` asks for all its answers in one request (vllm, openai: `n`) or in turn (llama_cpp)."""
+        return self._dialect != "llama_cpp"
+
+    async def sample(self, request: ChatRequest, n: int) -> list[Completion]:
+        """`n` answers to `request`, without paying for its prompt `n` times where the server can avoid it.
+
+        vllm and openai: one request with `"n": n`; the prompt is computed once, and the usage of that request
+        (the prompt once, the completion tokens of all `n` answers, the cached prompt tokens the server reports)
+        is on the first answer, the others carrying `Usage()`, so that adding them up counts the request once.
+        Each answer's `meta["sample"]` is its index. llama_cpp (its server ignores `n` and answers once): `n`
+        requests in turn, each as `complete` would send it, so the server reuses the prompt it has just
+        computed (llama-cpp-python keeps the previous request's state and computes only what differs; it does
+        not report that, so each answer's usage counts its prompt in full). A request with a `seed` gets seeds
+        `seed`, `seed + 1`, ... for its answers on every dialect (vLLM seeds its `n` samples so). A structured
+        request (`output`) is answered in turn on every dialect: each answer is validated, and retried, alone.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"sample(n={n!r}) needs a whole number of answers n >= 1: pass n=1 or more")
+        if n == 1:
+            return [await self.complete(request)]
+        if not self.samples_at_once or request.output is not None:
+            return [await self.complete(_nth(request, i)) for i in range(n)]
+        body = {**self._chat_body(request), "n": n}
+        top_k = request.top_logprobs if request.logprobs else 0
+        secret = self._secret()
+        start = self._clock()
+        wires = await self._call(
+            "/chat/completions",
+            body,
+            lambda data: parse_chat_choices(data, self._url, n=n, top_logprobs=top_k, secret=secret),
+        )
+        out = []
+        for i, wire in enumerate(wires.choices):
+            completion = self._completion(wire, wires.usage if i == 0 else Usage(), None, start)
+            completion.meta["sample"] = i
+            out.append(completion)
+        emit(ModelCallEvent(self.name, wires.usage, out[0].latency_s, False))
+        return out
 
     async def chat(self, messages: Sequence[Message] | str, **params: Any) -> Completion:
         """`complete(ChatRequest.of(messages, **params))`: params are ChatRequest fields (max_tokens, logprobs...)."""
@@ -392,9 +440,7 @@ class ModelClient:
             meta=dict(wire.meta),
         )
 
-    async def _call(
-        self, path: str, body: dict[str, Any], parse: Callable[[Any], WireCompletion], spent: Usage = _NOTHING
-    ) -> WireCompletion:
+    async def _call(self, path: str, body: dict[str, Any], parse: Callable[[Any], W], spent: Usage = _NOTHING) -> W:
         """POST `body` to `path` and `parse` the answer, whose usage counts every attempt that reached the
         server. An error carries what was spent: those attempts, plus `spent` (earlier answers of this call)."""
         try:
@@ -514,6 +560,11 @@ def _request(messages: Sequence[Message] | str, params: dict[str, Any]) -> ChatR
             f"unknown request parameter(s) {', '.join(unknown)}: use ChatRequest's fields ({', '.join(sorted(known))})"
         )
     return ChatRequest.of(messages, **params)
+
+
+def _nth(request: ChatRequest, i: int) -> ChatRequest:
+    """The request for the `i`-th of several answers: the same, with seed `seed + i` when it has a seed."""
+    return request if i == 0 or request.seed is None else request.with_(seed=request.seed + i)
 
 
 def _sampling(body: dict[str, Any], top_p: float | None, seed: int | None, stop: Sequence[str]) -> None:

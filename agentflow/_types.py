@@ -1,7 +1,8 @@
 """The values every part of agentflow speaks: messages, requests, completions, usage, and the Model protocol.
 
 A `Model` is anything with a `name` and `async complete(ChatRequest) -> Completion`: the HTTP client,
-the router, a budgeted or cached model, and the scripted fakes in `agentflow.testing` all are.
+the router, a budgeted or cached model, and the scripted fakes in `agentflow.testing` all are. A `Sampler`
+also answers one request n times (`sample(request, n)`), in one request where its server can.
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, cast, runtime_checkable
 
-from pydantic import BaseModel
+from pydantic import BaseModel, GetCoreSchemaHandler
+from pydantic_core import CoreSchema, core_schema
 
 __all__ = [
     "DEFAULT_ANSWER_TOKENS",
@@ -25,6 +27,7 @@ __all__ = [
     "OutputSpec",
     "RegexOutput",
     "Role",
+    "Sampler",
     "TokenLogprob",
     "Usage",
 ]
@@ -133,11 +136,18 @@ class TokenLogprob:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Counted usage. Adds with `+`; `Usage()` is zero."""
+    """Counted usage. Adds with `+`; `Usage()` is zero.
+
+    `cached_prompt_tokens` is the part of `prompt_tokens` the server served from its prefix cache (computed
+    for an earlier request, not for this one), as the server reports it in `usage.prompt_tokens_details.
+    cached_tokens` (vLLM started with `--enable-prompt-tokens-details`, OpenAI). A server that does not report
+    it (llama-cpp-python's, which reuses the previous prompt's state all the same) leaves it 0: the prompt is
+    then counted as computed in full."""
 
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -148,15 +158,30 @@ class Usage:
             self.requests + other.requests,
             self.prompt_tokens + other.prompt_tokens,
             self.completion_tokens + other.completion_tokens,
+            self.cached_prompt_tokens + other.cached_prompt_tokens,
         )
 
     def to_dict(self) -> dict[str, int]:
-        """`{"requests": ..., "prompt_tokens": ..., "completion_tokens": ...}`, for JSON records and metadata."""
-        return {
+        """`{"requests": ..., "prompt_tokens": ..., "completion_tokens": ...}`, for JSON records and metadata,
+        with `"cached_prompt_tokens"` only when there are some: records of servers that report none (and
+        records written before it was counted) keep their shape."""
+        out = {
             "requests": self.requests,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
         }
+        if self.cached_prompt_tokens:
+            out["cached_prompt_tokens"] = self.cached_prompt_tokens
+        return out
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: type[Any], handler: GetCoreSchemaHandler) -> CoreSchema:
+        """Read as any dataclass (a record without `cached_prompt_tokens` reads as 0); written as `to_dict()`, so
+        checkpoints and answer stores written by pydantic have the same shape as before when nothing was cached."""
+        schema = handler(source)
+        # set on the dataclass schema itself, which pydantic reuses (by its ref) wherever Usage appears again
+        cast(dict[str, Any], schema)["serialization"] = core_schema.plain_serializer_function_ser_schema(Usage.to_dict)
+        return schema
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,3 +212,16 @@ class Model(Protocol):
     def name(self) -> str: ...
 
     async def complete(self, request: ChatRequest) -> Completion: ...
+
+
+@runtime_checkable
+class Sampler(Model, Protocol):
+    """A model that answers one request `n` times (`ModelClient` is one).
+
+    `samples_at_once` says whether `sample` asks for all n in one request, the prompt computed once (vLLM's and
+    OpenAI's `n`), or asks n times in turn (llama.cpp, whose server ignores `n`)."""
+
+    @property
+    def samples_at_once(self) -> bool: ...
+
+    async def sample(self, request: ChatRequest, n: int) -> list[Completion]: ...

@@ -7,6 +7,9 @@ Decisions:
 - A response without `usage` (some proxies drop it) is not an error: the completion counts 0 tokens and
   `meta["usage_missing"]` is True, so budgets can tell "free" from "unknown".
 - A chat choice whose `message.content` is null (a refusal or a tool call) has the text "".
+- Cached prompt tokens are read from `usage.prompt_tokens_details.cached_tokens` (OpenAI; vLLM when started
+  with `--enable-prompt-tokens-details`, which leaves the field out when nothing was cached), capped at
+  `prompt_tokens`; absent (llama-cpp-python never sends it), they are 0.
 - A logprob the server sends as null (vLLM does for tokens it could not score) is `-inf`.
 - Nothing from a server's body reaches a message unredacted or unbounded: `secret` (the client's API key) and
   any `Bearer ...` token become `***`, and excerpts are cut to a few hundred characters (`excerpt`).
@@ -31,11 +34,13 @@ from ._types import TokenLogprob, Usage
 __all__ = [
     "Answer",
     "HTTPAnswer",
+    "WireChoices",
     "WireCompletion",
     "decode_json",
     "excerpt",
     "is_request_validation_error",
     "parse_chat",
+    "parse_chat_choices",
     "parse_retry_after",
     "parse_text_completion",
     "read_answer",
@@ -56,6 +61,15 @@ class WireCompletion:
     usage: Usage
     logprobs: tuple[TokenLogprob, ...] | None
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class WireChoices:
+    """Every choice of a response to a request for several (`n`), and the usage of that one request (each
+    choice's own `usage` is `Usage()`: the server counts tokens per request, not per choice)."""
+
+    usage: Usage
+    choices: tuple[WireCompletion, ...]
 
 
 EXCERPT_CHARS = 200
@@ -306,10 +320,14 @@ def _usage(data: dict[str, Any], meta: dict[str, Any]) -> Usage:
     if not isinstance(usage, dict):
         meta["usage_missing"] = True
         return Usage(requests=1)
+    prompt = _int(usage.get("prompt_tokens"))
+    details = usage.get("prompt_tokens_details")
+    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
     return Usage(
         requests=1,
-        prompt_tokens=_int(usage.get("prompt_tokens")),
+        prompt_tokens=prompt,
         completion_tokens=_int(usage.get("completion_tokens")),
+        cached_prompt_tokens=min(cached, prompt),  # a part of the prompt, never more
     )
 
 
@@ -340,6 +358,34 @@ def _meta(data: dict[str, Any]) -> dict[str, Any]:
 def parse_chat(data: Any, url: str, *, top_logprobs: int = 0, secret: str | None = None) -> WireCompletion:
     """Parse a /chat/completions response body."""
     choice = _first_choice(data, url, secret)
+    meta = _meta(data)
+    usage = _usage(data, meta)
+    return _chat_choice(choice, url, usage, meta, top_logprobs)
+
+
+def parse_chat_choices(data: Any, url: str, *, n: int, top_logprobs: int = 0, secret: str | None = None) -> WireChoices:
+    """Parse a /chat/completions response body to a request for `n` choices: all n, in the order of their
+    `index`, and the usage of the one request (the prompt once, the completion tokens of every choice). A
+    server that answered another number of choices did not honour `n`: BadResponseError."""
+    _first_choice(data, url, secret)  # a dict with a non-empty `choices` list, or the error that says what came
+    raw = data["choices"]
+    if len(raw) != n or not all(isinstance(c, dict) for c in raw):
+        raise BadResponseError(
+            f"the server at {url} answered {len(raw)} choice(s) to a request for n={n}: it does not honour `n` "
+            "(llama.cpp's server ignores it): use dialect='llama_cpp' for such a server, which asks n times in turn",
+            url=url,
+        )
+    indexes = [c.get("index") for c in raw]
+    if sorted(i for i in indexes if isinstance(i, int) and not isinstance(i, bool)) == list(range(n)):
+        raw = sorted(raw, key=lambda c: int(c["index"]))
+    meta = _meta(data)
+    usage = _usage(data, meta)
+    return WireChoices(usage, tuple(_chat_choice(c, url, Usage(), meta, top_logprobs) for c in raw))
+
+
+def _chat_choice(
+    choice: dict[str, Any], url: str, usage: Usage, meta: dict[str, Any], top_logprobs: int
+) -> WireCompletion:
     message = choice.get("message")
     if not isinstance(message, dict):
         raise BadResponseError(
@@ -351,14 +397,12 @@ def parse_chat(data: Any, url: str, *, top_logprobs: int = 0, secret: str | None
             f"the server at {url} answered with a non-text message content ({type(content).__name__}): {_FIX_URL}",
             url=url,
         )
-    meta = _meta(data)
-    usage = _usage(data, meta)
     return WireCompletion(
         text=content or "",
         finish_reason=_finish(choice),
         usage=usage,
         logprobs=_chat_logprobs(choice.get("logprobs"), top_logprobs),
-        meta=meta,
+        meta=dict(meta),
     )
 
 

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from agentflow import Bill, Budget, ChatRequest, ModelBill, get_model
+from agentflow import Bill, Budget, ChatRequest, Completion, ModelBill, Usage, get_model
 from agentflow._bill import Spend, cache_hit_bill, original_usage, spend_for
 from agentflow.eval import CompareConfig, Comparison, load_dataset
 from agentflow.eval._arms import ArmName
+from agentflow.eval._metrics import Score
+from agentflow.eval._report import QuestionRecord
 from agentflow.eval._stores import CachedModel, ResponseCache
 from agentflow.testing import FunctionModel, Reply, ScriptedModel
 from workflows import QAState, rung
@@ -108,3 +110,20 @@ def test_a_bill_with_cache_hits_survives_json() -> None:
     assert (bill + bill).models[SMALL].from_cache == Spend(4, 40, 8, 6.0e10, 0.0)
     assert bill.to_dict()["models"][SMALL]["from_cache"]["total_tokens"] == 24
     assert Bill.from_dict({"models": {SMALL: {"requests": 1}}}).models[SMALL] == ModelBill(1)  # older bills load
+
+
+async def test_prompt_tokens_from_a_servers_prefix_cache_are_booked_apart_and_cost_no_flops() -> None:
+    spec = get_model(SMALL)
+    answers = [Completion("x", SMALL, "stop", Usage(1, 400, 4, 384)), Completion("y", SMALL, "stop", Usage(1, 400, 4))]
+    budget = Budget()
+    model = budget.wrap(ScriptedModel(answers, name=SMALL))
+    for _ in answers:
+        await model.complete(ChatRequest.of("word " * 400))
+    bill = budget.bill()
+    mb = bill.models[SMALL]
+    assert (mb.prompt_tokens, mb.cached_prompt_tokens, mb.completion_tokens) == (800, 384, 8)
+    assert bill.flops == pytest.approx(spec.flops(800 - 384 + 8))  # the prefill of 384 tokens was not done
+    # the report's figures are the bill's: tokens with the cached part shown, FLOPs of what was computed
+    record = QuestionRecord.from_bill("q", bill, "x", Score(1.0, 1.0))
+    assert record.usage[SMALL] == Usage(2, 800, 8, 384) and record.flops == pytest.approx(bill.flops)
+    assert Bill.from_dict(json.loads(json.dumps(bill.to_dict()))) == bill

@@ -72,7 +72,7 @@ CORE_NAMES = [
     "ModelBill", "ModelCallEvent", "ModelClient", "ModelError", "ModelFileError", "ModelSpec", "ModelTimeoutError",
     "NO_RETRY", "NodeFailedError", "NodeFinished", "NodeRetry", "NodeStarted", "PyPISource", "RateLimitedError",
     "Reducer", "RegexOutput", "RequestRejectedError", "RetryPolicy", "RouteDecision", "Router", "RoutingError",
-    "RunConfigMismatchError", "RunFinished", "RunRecord", "RunResult", "Rung", "RungDecision", "START",
+    "RunConfigMismatchError", "RunFinished", "RunRecord", "RunResult", "Rung", "RungDecision", "START", "Sampler",
     "ServerError", "ServerUnavailableError", "ServingError", "Signals", "SqliteCheckpointer", "StateConfidence",
     "StateMax", "StateMean", "StateMin", "StateScore", "StateUpdated", "StepRecord", "StructuredOutputError",
     "Thresholds", "TokenLogprob", "TokenProb", "UncountableModelError", "UnknownModelError",

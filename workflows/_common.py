@@ -37,6 +37,7 @@ __all__ = [
     "Rule",
     "answer_logprobs",
     "answer_request",
+    "as_asked",
     "ask",
     "clean_answer",
     "context_block",
@@ -110,9 +111,14 @@ class QADeps:
 
 async def ask(deps: QADeps, request: ChatRequest) -> Completion:
     """Ask `deps.model`, with the logprobs `deps.logprobs` asks for (none by default: the request as is)."""
+    return await deps.model.complete(as_asked(deps, request))
+
+
+def as_asked(deps: QADeps, request: ChatRequest) -> ChatRequest:
+    """`request` with the logprobs `deps.logprobs` asks for (none by default: the request as is)."""
     if deps.logprobs > 0:
         request = request.with_(logprobs=True, top_logprobs=max(request.top_logprobs, deps.logprobs))
-    return await deps.model.complete(request)
+    return request
 
 
 def context_block(state: QAState) -> str:

@@ -216,6 +216,7 @@ class _StoredCompletion(TypedDict):
     latency_s: NotRequired[float]
     cached: NotRequired[bool]
     meta: NotRequired[dict[str, Any] | None]
+    cached_prompt_tokens: NotRequired[int]  # the part of usage's prompt tokens a prefix cache served; only if any
 
 
 def _jsonable(value: Any) -> bool:
@@ -234,7 +235,7 @@ def completion_to_json(c: Completion) -> _StoredCompletion:
         parsed = {"kind": "pydantic", "value": c.parsed.model_dump(mode="json")}
     elif c.parsed is not None and _jsonable(c.parsed):
         parsed = {"kind": "json", "value": c.parsed}
-    return {
+    out: _StoredCompletion = {
         "text": c.text,
         "model": c.model,
         "finish_reason": c.finish_reason,
@@ -245,6 +246,9 @@ def completion_to_json(c: Completion) -> _StoredCompletion:
         "cached": c.cached,
         "meta": {k: v for k, v in c.meta.items() if _jsonable(v)},
     }
+    if c.usage.cached_prompt_tokens:
+        out["cached_prompt_tokens"] = c.usage.cached_prompt_tokens
+    return out
 
 
 _STORED_COMPLETION = TypeAdapter(_StoredCompletion)
@@ -262,7 +266,7 @@ def _completion(d: _StoredCompletion, output: OutputSpec | None) -> Completion:
         text=d["text"],
         model=d["model"],
         finish_reason=d.get("finish_reason"),
-        usage=Usage(*d["usage"]),
+        usage=Usage(*d["usage"], d.get("cached_prompt_tokens", 0)),
         logprobs=None if lps is None else tuple(TokenLogprob(*t) for t in lps),
         parsed=parsed,
         latency_s=d.get("latency_s", 0.0),
