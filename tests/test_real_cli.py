@@ -90,13 +90,25 @@ class _Lines:
         return "".join(self.seen)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_serve_prints_the_url_and_stops_the_server_on_interrupt(tmp_path: Path, sig: signal.Signals) -> None:
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize(
+    ("sig", "inherit_ignored"),
+    [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
+    # the last: started as a script's background job is (SIGINT ignored), and `kill -INT` still stops it
+    ids=["SIGINT", "SIGTERM", "SIGINT-ignored-by-parent"],
+)
+def test_serve_prints_the_url_and_stops_the_server_on_interrupt(
+    tmp_path: Path, sig: signal.Signals, inherit_ignored: bool
+) -> None:
     stderr_path = tmp_path / "stderr.txt"
     with stderr_path.open("w") as stderr:  # a file, not a pipe: nothing the CLI writes can block it
         proc = subprocess.Popen(
             [*CLI, "serve", "smoke", "--n-ctx", "1024"],
             cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=stderr, text=True,
+            preexec_fn=_ignore_sigint if inherit_ignored else None,
         )  # fmt: skip
     try:
         assert proc.stdout is not None

@@ -132,8 +132,13 @@ async def _serve(model: str, *, port: int | None, host: str, n_ctx: int, n_threa
         console.print(server.command(), markup=False, highlight=False)
         return
     task = asyncio.current_task()
-    if task is not None:  # `kill PID` stops the server too, not only Ctrl-C
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    if task is not None:
+        # Ctrl-C and `kill PID` both stop the server. SIGINT is handled here too, not left to Python's
+        # default handler: a process started by a script in the background inherits SIGINT ignored,
+        # and `kill -INT` must still stop it (and the server it started) rather than be lost.
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
     async with server:
         console.print(f"serving [bold]{server.model_name}[/bold] at {server.url}")
         if host != HOST:
