@@ -64,7 +64,9 @@ from ._learned import (
     signals_of,
 )
 from ._mermaid import load_graph
+from ._pool import ReplicaLoad, ReplicaPool, ReplicaStats
 from ._router import RouteDecision, Router
+from ._shared_budget import Ledger, LedgerSnapshot, LocalLedger, SharedBudget, SharedBudgetedModel, SqliteLedger
 from ._types import (
     DEFAULT_ANSWER_TOKENS,
     DEFAULT_REASONING_TOKENS,
@@ -177,4 +179,13 @@ __all__ = [
     "register_model",
     "signals_of",
     "yes_probability",
+    "Ledger",
+    "LedgerSnapshot",
+    "LocalLedger",
+    "SharedBudget",
+    "SharedBudgetedModel",
+    "SqliteLedger",
+    "ReplicaLoad",
+    "ReplicaPool",
+    "ReplicaStats",
 ]

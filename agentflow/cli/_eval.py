@@ -29,7 +29,9 @@ from ._app import run as _run
 
 if TYPE_CHECKING:
     from .._budget import BudgetLimits
+    from .._client import ModelClient
     from ..eval._arms import ArmName, Role
+    from ..eval._compare import Executor
 
 __all__ = ["CompareOptions", "calibrate", "compare", "graph"]
 
@@ -130,6 +132,7 @@ class CompareOptions:
     max_seconds_per_run: float | None = None
     concurrency: int | None = None  # None: 1 when a local llama.cpp server answers, else URL_CONCURRENCY
     split: str | None = None
+    ray: str | None = None  # None: answer here; else the Ray cluster ("auto", "local", HEAD:PORT)
 
 
 URL_CONCURRENCY = 8
@@ -227,6 +230,15 @@ def compare(
     split: Annotated[
         str | None, typer.Option(help="the split these rows are (e.g. tuning, evaluation): the report says it")
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ADDRESS",
+            help="answer the questions on a Ray cluster this machine is a node of: auto (the running one), local "
+            "(start one here), or the head's address (HEAD:6379). Same answers and report; this process writes the "
+            "stores. Needs `pip install 'agentflow[ray]'`",
+        ),
+    ] = None,
 ) -> None:
     """Agent of small models against the single large model, on the same questions: table, report, pictures.
 
@@ -262,6 +274,7 @@ def compare(
             max_seconds_per_run=max_seconds_per_run,
             concurrency=concurrency,
             split=split,
+            ray=ray,
         )
     if _run(_compare(options)):
         raise typer.Exit(1)
@@ -346,6 +359,11 @@ async def _compare(o: CompareOptions) -> bool:
     urls: dict[Role, str | None] = {"small": o.small_url, "large": o.large_url}
     roles = roles_needed(config.arms)  # start and check only the servers the chosen arms call
     concurrency = _concurrency(o, roles)
+    if o.ray is not None:  # a missing extra or an empty address is refused before any server starts
+        from ..eval._ray import check_address, import_ray
+
+        check_address(o.ray)
+        import_ray()
     async with AsyncExitStack() as stack:
         clients: dict[Role, ModelClient] = {}
         if o.replay:
@@ -367,6 +385,7 @@ async def _compare(o: CompareOptions) -> bool:
                     clients[role] = await stack.enter_async_context(
                         ModelClient(server.url, names[role], dialect="llama_cpp")
                     )
+        executor = None if o.ray is None else _ray_executor(o.ray, clients, console, stack)
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
         ) as progress:
@@ -386,8 +405,8 @@ async def _compare(o: CompareOptions) -> bool:
             comparison = Comparison(
                 config,
                 examples,
-                clients.get("small"),
-                clients.get("large"),
+                None if executor else clients.get("small"),
+                None if executor else clients.get("large"),
                 o.out,
                 rung,
                 QAState,
@@ -398,6 +417,7 @@ async def _compare(o: CompareOptions) -> bool:
                 rows=rows if rows is not None and len(rows) == len(examples) else range(len(examples)),
                 on_arm=arm_started,
                 on_question=advance,
+                executor=executor,
             )
             for arm in config.arms:  # answers already stored (a resumed run) count as done
                 stored = len(comparison.stored_ids(arm))
@@ -433,6 +453,46 @@ async def _compare(o: CompareOptions) -> bool:
 
 
 _SHOW_ANSWERS = 12  # a short run also prints every answer
+
+
+def _ray_executor(
+    address: str, clients: Mapping[Role, ModelClient], console: Console, stack: AsyncExitStack
+) -> Executor:
+    """`--ray`: connect (disconnecting when `stack` closes), and make each model in the workers from its server's
+    URL (a local llama.cpp server started here listens on this machine's loopback: a cluster of more than one
+    node is refused then)."""
+    from functools import partial
+
+    from .._client import ModelClient
+    from ..eval._ray import RayExecutor, import_ray
+
+    ray = import_ray()
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address)
+        except ConnectionError as e:
+            raise ConfigError(
+                f"--ray {address}: no Ray cluster answers there ({e}). Start one with `ray start --head` (and "
+                "`ray start --address HEAD:6379` on the other machines), fix the address, or use --ray local"
+            ) from None
+        stack.callback(ray.shutdown)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    loopback = [c.base_url for c in clients.values() if _is_loopback(c.base_url)]
+    if loopback and len(nodes) > 1:
+        raise ConfigError(
+            f"--ray {address}: the cluster has {len(nodes)} nodes, but {', '.join(loopback)} answers only on this "
+            "machine's loopback: give --small-url/--large-url servers every node reaches (e.g. vLLM on a GPU host)"
+        )
+    console.print(f"answering on Ray ({len(nodes)} node(s), {ray.cluster_resources().get('CPU', 0):g} CPUs)")
+    return RayExecutor(
+        {role: partial(ModelClient, c.base_url, c.name, dialect=c.dialect) for role, c in clients.items()}
+    )
+
+
+def _is_loopback(url: str) -> bool:
+    import httpx
+
+    return httpx.URL(url).host in ("127.0.0.1", "localhost", "::1")
 
 
 def _answers_table(report: Mapping[str, Any]) -> Table:

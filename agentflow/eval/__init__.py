@@ -24,6 +24,7 @@ from ._metrics import (
     score,
     yes_no_match,
 )
+from ._ray import RayExecutor, RayLedger, ray_ledger
 from ._report import ArmResult, QuestionRecord, RungRecord, write_report
 from ._retrieval import RetrievalSettings, bm25_scores, rank_paragraphs, supporting_recall, top_paragraphs
 from ._stores import CachedModel, ResponseCache, RunStore
@@ -40,6 +41,8 @@ __all__ = [
     "HopRecall",
     "Paragraph",
     "QuestionRecord",
+    "RayExecutor",
+    "RayLedger",
     "ResponseCache",
     "RetrievalSettings",
     "RunStore",
@@ -62,6 +65,7 @@ __all__ = [
     "paired_bootstrap_diff",
     "plot_deferral",
     "rank_paragraphs",
+    "ray_ledger",
     "score",
     "supporting_recall",
     "top_paragraphs",

@@ -19,6 +19,10 @@ report counts both. The question's bill is its record's account (tokens, FLOPs, 
 Up to `concurrency` questions of an arm run at once (so a vLLM server batches them); each answer is
 stored as it comes, and the report and calibration file list them in question order, so they are those
 of a sequential run. The report draws the cascades' deferral curves (`_deferral.deferral_section`).
+
+Where the questions are answered is an `Executor`'s business: by default here, in this event loop; a
+`RayExecutor` (`_ray`) spreads them over a Ray cluster. Either way this process alone writes the answer
+store, arms run one after the other, and the report is built here from the stored records.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .._bill import DEFAULT_ANSWER_TOKENS, Bill
 from .._budget import Budget, BudgetLimits
@@ -56,7 +60,7 @@ from ._deferral import deferral_section
 from ._report import ArmResult, QuestionRecord, write_report
 from ._stores import CachedModel, ResponseCache, RunStore
 
-__all__ = ["CompareConfig", "Comparison", "row_ranges"]  # the arms themselves: `_arms`
+__all__ = ["ArmRunner", "CompareConfig", "Comparison", "Executor", "Work", "row_ranges"]  # the arms: `_arms`
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +95,37 @@ class CompareConfig:
             raise ConfigError("split is empty: name it (e.g. tuning, evaluation) or leave it out")
 
 
+@dataclass(frozen=True)
+class Work:
+    """What answering one question of a comparison needs, wherever it runs (an executor ships it to workers,
+    so it pickles): the answerer, the models the arms call, the limits, whether only the cache answers, and
+    how many questions may run at once."""
+
+    answerer: Answerer
+    roles: tuple[Role, ...]
+    question_limits: BudgetLimits | None
+    run_limits: BudgetLimits | None
+    cache_only: bool
+    concurrency: int
+
+
+class ArmRunner(Protocol):
+    """Answers an arm's questions, calling `save(record)` as each answer comes, and returns what the arm spent."""
+
+    async def answer_arm(
+        self, arm: ArmName, todo: Sequence[Example], save: Callable[[QuestionRecord], None]
+    ) -> Bill: ...
+
+    async def close(self) -> None: ...
+
+
+class Executor(Protocol):
+    """Where a comparison answers its questions (None: here). `open` gets the work and the response cache's
+    path, and fails (ConfigError) before any question when it cannot do that work."""
+
+    async def open(self, work: Work, cache_path: Path) -> ArmRunner: ...
+
+
 @dataclass
 class Comparison:
     """Runs the arms of `config` over `examples` with `small` and `large`, storing into `out_dir`.
@@ -101,7 +136,8 @@ class Comparison:
     questions of an arm run at once. `rows` (the dataset rows of `examples`) only labels the report.
     `on_arm(arm)` is called when an arm starts, `on_question(arm, record)` after each answer. After
     `run()`, `bills[arm]` is what each arm spent in this run, as its budget counted it (the report's
-    figures are built from the same bills)."""
+    figures are built from the same bills). `executor` answers the questions elsewhere (a `RayExecutor`,
+    which then makes the models from its own sources: leave `small` and `large` None); None: here."""
 
     config: CompareConfig
     examples: Sequence[Example]
@@ -117,6 +153,7 @@ class Comparison:
     rows: Sequence[int] | None = None
     on_arm: Callable[[str], None] | None = None
     on_question: Callable[[str, QuestionRecord], None] | None = None
+    executor: Executor | None = None
     bills: dict[str, Bill] = field(default_factory=dict, init=False)
     _answerer: Answerer = field(init=False, repr=False)
 
@@ -139,7 +176,12 @@ class Comparison:
             threshold,
             LearnedConfidence.load(path) if kind == "learned" else None,
         )
-        if self.cache_only:
+        if self.executor is not None and (self.small is not None or self.large is not None):
+            raise ConfigError(
+                "an executor makes the models in its workers, from its own sources: pass small=None and large=None "
+                "and give the executor the sources (RayExecutor(sources={'small': ..., 'large': ...}))"
+            )
+        if self.cache_only or self.executor is not None:  # an executor checks its own models when opened
             return
         for role in roles_needed(self.config.arms):
             if self._given(role) is None:
@@ -183,6 +225,17 @@ class Comparison:
         given = self._given(role)
         return CacheOnly(self._name(role)) if self.cache_only or given is None else given
 
+    def work(self) -> Work:
+        """What answering a question of this comparison needs (what an executor ships to its workers)."""
+        return Work(
+            self._answerer,
+            roles_needed(self.config.arms),
+            self.question_limits,
+            self.run_limits,
+            self.cache_only,
+            self.concurrency,
+        )
+
     async def run(self, cache_path: Path | None = None) -> dict[str, Any]:
         """Answer every (arm, question) not yet stored, then write the report; returns report.json's content.
 
@@ -191,51 +244,38 @@ class Comparison:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if cache_path is not None:
             cache_path.parent.mkdir(parents=True, exist_ok=True)
-        cache = ResponseCache(cache_path or self.out_dir / "responses.sqlite")
-        models = {role: CachedModel(self._source(role), cache) for role in roles_needed(self.config.arms)}
-        run_budget = Budget(self.run_limits or BudgetLimits(), policy="degrade", name="compare")
+        cache_file = cache_path or self.out_dir / "responses.sqlite"
+        if self.executor is None:
+            models = {role: self._source(role) for role in roles_needed(self.config.arms)}
+            runner: ArmRunner = _Here(self.work(), models, cache_file)
+        else:
+            runner = await self.executor.open(self.work(), cache_file)
         try:
             with self._store() as store:
                 for arm in self.config.arms:
                     if self.on_arm is not None:
                         self.on_arm(arm)
-                    arm_budget = run_budget.child(name=arm)
                     done = _answered(store, arm)
-                    await self._answer_all(
-                        arm, [ex for ex in self.examples if ex.id not in done], models, arm_budget, store
-                    )
-                    self.bills[arm] = arm_budget.bill()
+                    todo = [ex for ex in self.examples if ex.id not in done]
+                    self.bills[arm] = await runner.answer_arm(arm, todo, self._saver(store, arm))
                 arms = [_arm_result(arm, store.records(arm), self.examples) for arm in self.config.arms]
                 _write_calibration(self.out_dir / "calibration.jsonl", arms, self.config)
         finally:
-            cache.close()
+            await runner.close()
         deferral = deferral_section({a.name: a.records for a in arms}, estimator=self.config.estimator)
         return write_report(
             self.out_dir, arms, list(self.examples), meta=self._meta(), deferral=deferral, bills=self.bills
         )
 
-    async def _answer_all(
-        self, arm: ArmName, todo: Sequence[Example], models: Mapping[Role, Model], arm_budget: Budget, store: RunStore
-    ) -> None:
-        """Answer `todo`, up to `concurrency` at once, storing each answer as it comes."""
-        gate = asyncio.Semaphore(self.concurrency)
+    def _saver(self, store: RunStore, arm: ArmName) -> Callable[[QuestionRecord], None]:
+        """Stores an answer of `arm` (this process is the answer store's one writer), then reports it."""
 
-        async def one(ex: Example) -> None:
-            async with gate:
-                budget = arm_budget.child(self.question_limits or BudgetLimits(), name=f"{arm}:{ex.id}")
-                record = await self._answerer.answer(arm, ex, models, budget)
+        def save(record: QuestionRecord) -> None:
             store.save(arm, record)
             if self.on_question is not None:
                 self.on_question(arm, record)
 
-        tasks = [asyncio.ensure_future(one(ex)) for ex in todo]
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        return save
 
     def _meta(self) -> dict[str, Any]:
         """The settings as report.md lists them (the full config, question ids included, is kept under "config")."""
@@ -267,6 +307,42 @@ class Comparison:
             meta["replay"] = "answers only from the response cache; no model was asked"
         meta["config"] = asdict(cfg)
         return meta
+
+
+class _Here:
+    """Answers questions in this event loop: models behind one response cache, one budget for the run (a scope
+    per arm inside it, one per question inside that), up to `concurrency` questions at once."""
+
+    def __init__(self, work: Work, sources: Mapping[Role, Model], cache_path: Path) -> None:
+        self._work = work
+        self._cache = ResponseCache(cache_path)
+        self._models: dict[Role, Model] = {role: CachedModel(model, self._cache) for role, model in sources.items()}
+        self._run_budget = Budget(work.run_limits or BudgetLimits(), policy="degrade", name="compare")
+
+    async def answer_arm(self, arm: ArmName, todo: Sequence[Example], save: Callable[[QuestionRecord], None]) -> Bill:
+        """Answer `todo`, up to `concurrency` at once, saving each answer as it comes; the arm's bill."""
+        arm_budget = self._run_budget.child(name=arm)
+        gate = asyncio.Semaphore(self._work.concurrency)
+        limits = self._work.question_limits or BudgetLimits()
+
+        async def one(ex: Example) -> None:
+            async with gate:
+                budget = arm_budget.child(limits, name=f"{arm}:{ex.id}")
+                record = await self._work.answerer.answer(arm, ex, self._models, budget)
+            save(record)
+
+        tasks = [asyncio.ensure_future(one(ex)) for ex in todo]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        return arm_budget.bill()
+
+    async def close(self) -> None:
+        self._cache.close()
 
 
 def row_ranges(rows: Sequence[int]) -> str:
