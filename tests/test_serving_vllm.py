@@ -413,6 +413,7 @@ def test_vllms_parser_accepts_every_rendered_command_as_meant(vllm_parsed: tuple
         assert (got.get("model_tag") or got["model"]) == spec.model, where
         assert got["max_model_len"] == spec.max_model_len and got["max_logprobs"] == spec.max_logprobs, where
         assert got["enable_prefix_caching"] is spec.enable_prefix_caching, where
+        assert got["enable_prompt_tokens_details"] is spec.enable_prefix_caching, where  # cached tokens reported
         if spec.cpu:
             assert got["enforce_eager"] is True, where
             continue
