@@ -117,9 +117,10 @@ def notes(report: Mapping[str, Any]) -> list[str]:
             f"{a['name']} {a['energy_wh_per_1000']:.2f}" for a in arms if a.get("energy_wh_per_1000") is not None
         )
         label = "measured" if arms[0].get("energy_measured") else f"estimated ({ESTIMATE_MARK})"
+        how = method.split(":", 1)[-1]  # "estimated:flops" -> "flops": the label above says which kind
+        basis = str(arms[0].get("energy_basis") or "").removeprefix("estimate: ").removeprefix("measured: ")
         lines.append(
-            f"energy {label} by {method} (e.g. {arms[0]['name']}: {arms[0].get('energy_basis')}); "
-            f"Wh per 1,000 questions: {per_1000}"
+            f"energy {label} from {how} (e.g. {arms[0]['name']}: {basis}); Wh per 1,000 questions: {per_1000}"
         )
     for a in report["arms"]:
         if a["errors"]:
