@@ -129,3 +129,53 @@ def test_serve_prints_the_url_and_stops_the_server_on_interrupt(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _server_children(pid: int) -> list[tuple[int, int]]:
+    """(pid, port) of the llama.cpp servers process `pid` started (Linux /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        for child in (task / "children").read_text().split():
+            try:
+                argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            except FileNotFoundError:
+                continue
+            if b"llama_cpp.server" in argv and b"--port" in argv:
+                found.append((int(child), int(argv[argv.index(b"--port") + 1])))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads a process's children from Linux's /proc")
+def test_sigterm_stops_compare_and_the_servers_it_started_before_it_exits(tmp_path: Path) -> None:
+    stderr_path = tmp_path / "stderr.txt"
+    args = ["compare", "--rows", "0-49", "--arms", "small", "--small-model", "smoke", "--out", str(tmp_path / "out")]
+    with stderr_path.open("w") as stderr:
+        proc = subprocess.Popen(
+            [*CLI, *args, "--cache", str(tmp_path / "responses.sqlite")],
+            cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=stderr, text=True,
+        )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        lines = _Lines(proc.stdout)
+        assert lines.until("starting local llama.cpp"), lines.rest() + stderr_path.read_text()
+        deadline = time.monotonic() + HUNG_S
+        servers: list[tuple[int, int]] = []
+        while not servers and time.monotonic() < deadline and proc.poll() is None:
+            servers = _server_children(proc.pid)
+            time.sleep(0.1)
+        assert servers, f"no server started; exit code {proc.poll()}\n{stderr_path.read_text()}"
+        (server_pid, port), *_ = servers
+        while time.monotonic() < deadline:  # until the server answers: the run is under way
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models", trust_env=False, timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=HUNG_S) == 143, stderr_path.read_text()  # not -15: it did not die at once
+        assert pid_gone(server_pid)  # stopped and reaped by the CLI before it exited, not left to the kernel
+        assert "stopped by SIGTERM" in stderr_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

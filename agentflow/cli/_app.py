@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -94,9 +95,37 @@ def one_red_line() -> Iterator[None]:
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """The one sync entry into async code, for each command."""
+    """The one sync entry into async code, for each command.
+
+    SIGTERM (`kill PID`) cancels the command as Ctrl-C does, so that the servers it started are stopped by
+    their PIDs and what it stored is closed before it exits (code 143, naming the way to resume), instead
+    of Python dying at once and leaving its servers to the kernel's parent-death signal.
+    """
+    terminated = False
+
+    async def main() -> T:
+        task = asyncio.current_task()
+
+        def on_sigterm() -> None:
+            nonlocal terminated
+            terminated = True
+            if task is not None:
+                task.cancel()
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
+        return await coro
+
     with one_red_line():
-        return asyncio.run(coro)
+        try:
+            return asyncio.run(main())
+        except asyncio.CancelledError:
+            if not terminated:
+                raise
+            Console(stderr=True, soft_wrap=True).print(
+                "stopped by SIGTERM: the servers it started are stopped and what it stored is kept (compare resumes)",
+                style="yellow",
+            )
+            raise typer.Exit(128 + signal.SIGTERM) from None
 
 
 def main() -> None:
