@@ -78,3 +78,17 @@ async def test_truncated_json_is_a_structured_output_error(client: ModelClient) 
     with pytest.raises(StructuredOutputError) as info:
         await client.parse("A town as JSON.", Town, max_tokens=3, structured_retries=0)
     assert info.value.finish_reason == "length"
+
+
+async def test_samples_share_one_prompt_and_a_repeated_prompt_is_reported_cached(client: ModelClient) -> None:
+    # a prompt longer than a few KV-cache blocks, so that its prefix can be served from vLLM's prefix cache
+    prompt = "Facts: " + " ".join(f"item {i} is number {i * 7}." for i in range(60)) + " Name one item."
+    request = ChatRequest.of(prompt, max_tokens=8, temperature=1.0, seed=3)
+    samples = await client.sample(request, 3)
+    assert len(samples) == 3 and all(s.text for s in samples)
+    first, *rest = samples
+    assert first.usage.requests == 1 and first.usage.prompt_tokens > 100  # one request, its prompt counted once
+    assert all(s.usage.requests == 0 and s.usage.prompt_tokens == 0 for s in rest)
+    assert first.usage.completion_tokens >= 3  # the three answers' tokens, billed on the first
+    again = await client.complete(request)  # the same prompt again: vLLM (--enable-prompt-tokens-details) says
+    assert 0 < again.usage.cached_prompt_tokens <= again.usage.prompt_tokens  # how much of it came from cache
