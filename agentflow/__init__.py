@@ -63,10 +63,11 @@ from ._learned import (
     features,
     signals_of,
 )
+from ._ledger import Ledger, LedgerSnapshot, LocalLedger, SqliteLedger
 from ._mermaid import load_graph
 from ._pool import ReplicaLoad, ReplicaPool, ReplicaStats
 from ._router import RouteDecision, Router
-from ._shared_budget import Ledger, LedgerSnapshot, LocalLedger, SharedBudget, SharedBudgetedModel, SqliteLedger
+from ._shared_budget import SharedBudget, SharedBudgetedModel
 from ._types import (
     DEFAULT_ANSWER_TOKENS,
     DEFAULT_REASONING_TOKENS,

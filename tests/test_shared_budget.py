@@ -16,7 +16,8 @@ import pytest
 from agentflow import BudgetExceeded, ChatRequest, ConfigError, Usage
 from agentflow._bill import Spend
 from agentflow._budget import Budget, BudgetLimits
-from agentflow._shared_budget import LocalLedger, Refusal, SharedBudget, SqliteLedger
+from agentflow._ledger import LocalLedger, Refusal, SqliteLedger
+from agentflow._shared_budget import SharedBudget
 from agentflow.testing import FunctionModel, Reply, reply_to_completion
 
 MODELS = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")

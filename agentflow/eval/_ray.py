@@ -47,7 +47,8 @@ from typing import Any
 from .._bill import Bill, ModelBill, Spend
 from .._budget import Budget, BudgetLimits
 from .._exceptions import ConfigError, MissingDependencyError
-from .._shared_budget import DEFAULT_LEASE_S, LedgerBook, LedgerSnapshot, Refusal, SharedBudget
+from .._ledger import DEFAULT_LEASE_S, LedgerBook, LedgerSnapshot, Refusal
+from .._shared_budget import SharedBudget
 from .._types import ChatRequest, Completion, Model, OutputSpec
 from ._arms import ArmName, CacheOnly, Role
 from ._compare import Work
