@@ -119,9 +119,7 @@ def notes(report: Mapping[str, Any]) -> list[str]:
         label = "measured" if arms[0].get("energy_measured") else f"estimated ({ESTIMATE_MARK})"
         how = method.split(":", 1)[-1]  # "estimated:flops" -> "flops": the label above says which kind
         basis = str(arms[0].get("energy_basis") or "").removeprefix("estimate: ").removeprefix("measured: ")
-        lines.append(
-            f"energy {label} from {how} (e.g. {arms[0]['name']}: {basis}); Wh per 1,000 questions: {per_1000}"
-        )
+        lines.append(f"energy {label} from {how} (e.g. {arms[0]['name']}: {basis}); Wh per 1,000 questions: {per_1000}")
     for a in report["arms"]:
         if a["errors"]:
             first = a.get("first_error") or {}
