@@ -224,6 +224,24 @@ class ModelClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
+    async def get(self, url: str, *, http_timeout: httpx.Timeout | float | None = None) -> httpx.Response:
+        """GET `url` on this client's server (health probes, `/models`, `/metrics`), through the same connection
+        pool, transport and API key as its requests, with no retries (`http_timeout`: this client's timeout by
+        default). `url` is a path under the base URL
+        ("/models") or an absolute URL on the same scheme, host and port (the server's root `/metrics`): the key
+        goes nowhere else."""
+        target = httpx.URL(self._base + url if url.startswith("/") else url)
+        base = httpx.URL(self._base)
+        if (target.scheme, target.host, target.port) != (base.scheme, base.host, base.port):
+            raise ConfigError(
+                f"ModelClient.get: {_display(url)!r} is not on this client's server {_display(self._url)!r}: "
+                'pass a path ("/models") or a URL on the same host and port'
+            )
+        key = self._secret()
+        headers = {"Authorization": f"Bearer {key}"} if key else None
+        limit = self._timeout if http_timeout is None else http_timeout
+        return await self._http.get(target, headers=headers, timeout=limit)
+
     # --- the Model protocol and conveniences -----------------------------------------------------
 
     async def complete(self, request: ChatRequest) -> Completion:

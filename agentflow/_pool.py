@@ -390,9 +390,7 @@ class ReplicaPool:
     async def _get(self, r: _Replica, url: str) -> httpx.Response:
         """A GET through the replica's own client: the same connection pool, transport, proxy settings and
         API key as its requests, so a probe that passes means requests can."""
-        key = r.client._secret()
-        headers = {"Authorization": f"Bearer {key}"} if key else None
-        return await r.client._http.get(url, headers=headers, timeout=self._probe_timeout)
+        return await r.client.get(url, http_timeout=self._probe_timeout)
 
 
 def _cost(usage: Usage | None) -> Usage:

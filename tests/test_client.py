@@ -688,3 +688,25 @@ def test_redact_hides_the_secret_and_any_bearer_token_and_excerpt_is_bounded() -
     assert redact("nothing here", None) == "nothing here"
     cut = excerpt("a\n b " * 500, 50, secret="b")
     assert len(cut) == 53 and cut.endswith("...") and "b" not in cut
+
+
+async def test_get_sends_the_key_only_to_its_own_server_and_never_retries() -> None:
+    seen: list[tuple[str, str | None]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((str(request.url), request.headers.get("authorization")))
+        return httpx.Response(503)
+
+    client = ModelClient("http://127.0.0.1:9/v1", "m", api_key="sk-probe", transport=httpx.MockTransport(handler))
+    assert (await client.get("/models")).status_code == 503  # an answer, not retried or raised
+    assert (await client.get("http://127.0.0.1:9/metrics", http_timeout=1.0)).status_code == 503
+    assert seen == [
+        ("http://127.0.0.1:9/v1/models", "Bearer sk-probe"),
+        ("http://127.0.0.1:9/metrics", "Bearer sk-probe"),
+    ]
+    for elsewhere in ("http://127.0.0.1:10/metrics", "https://127.0.0.1:9/metrics", "http://example.com:9/v1"):
+        with pytest.raises(ConfigError, match="not on this client's server") as info:
+            await client.get(elsewhere)
+        assert "sk-probe" not in str(info.value)
+    assert len(seen) == 2  # nothing was sent to another server
+    await client.aclose()
