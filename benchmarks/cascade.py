@@ -323,6 +323,19 @@ def tune() -> None:
         model.save(OUT / "learned.json")
 
 
+def _auroc_interval(scores: Sequence[float], labels: Sequence[bool], draws: int = 2000) -> tuple[float, float]:
+    """A 95% percentile-bootstrap interval of the AUROC, resampling questions (seeded: reruns agree)."""
+    rng = random.Random(0)
+    n, values = len(scores), []
+    for _ in range(draws):
+        pick = [rng.randrange(n) for _ in range(n)]
+        ys = [labels[i] for i in pick]
+        if 0 < sum(ys) < n:
+            values.append(auroc([scores[i] for i in pick], ys))
+    values.sort()
+    return values[int(0.025 * len(values))], values[int(0.975 * len(values)) - 1]
+
+
 def evaluate() -> None:
     chosen = json.loads((OUT / "chosen.json").read_text())
     w, est, t = chosen["workflow"], chosen["estimator"], chosen["threshold"]
@@ -371,9 +384,10 @@ def evaluate() -> None:
                 f"{_mean(flops) / large_flops:.2f} | {up:.0%} | {_mean(secs):.1f} |"
             )
         a = auroc(scores, labels) if 0 < sum(labels) < n else float("nan")
+        a_lo, a_hi = _auroc_interval(scores, labels)
         ci = curve.area_interval
         print(
-            f"AUROC {a:.3f}; area over random {curve.area_over_random:+.3f} "
+            f"AUROC {a:.3f} [{a_lo:.3f}, {a_hi:.3f}]; area over random {curve.area_over_random:+.3f} "
             + (f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "(too few for an interval)")
         )
         # what limits it: the oracle escalates exactly the small rung's wrong answers; the ceiling is
