@@ -114,6 +114,8 @@ def main() -> None:
     p.add_argument("--mfu", type=float, default=0.25, help="share of the peak serving achieves (assumed)")
     p.add_argument("--measure", type=int, metavar="N", help="time N questions on both local models (see above)")
     args = p.parse_args()
+    if args.measure is not None and not 1 <= args.measure <= 400:
+        p.error("--measure N: N questions, 1 to 400 (the evaluation rows start at 100 of the bundled 500)")
     if args.measure:
         import asyncio
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -60,7 +60,8 @@ from ._deferral import deferral_section
 from ._report import ArmResult, QuestionRecord, write_report
 from ._stores import CachedModel, ResponseCache, RunStore
 
-__all__ = ["ArmRunner", "CompareConfig", "Comparison", "Executor", "Work", "row_ranges"]  # the arms: `_arms`
+# the arms live in `_arms`
+__all__ = ["ArmRunner", "CompareConfig", "Comparison", "Executor", "Work", "gather_or_cancel", "row_ranges"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,14 +332,7 @@ class _Here:
                 record = await self._work.answerer.answer(arm, ex, self._models, budget)
             save(record)
 
-        tasks = [asyncio.ensure_future(one(ex)) for ex in todo]
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        await gather_or_cancel([one(ex) for ex in todo])
         return arm_budget.bill()
 
     async def close(self) -> None:
@@ -393,3 +387,15 @@ def _write_calibration(path: Path, arms: Sequence[ArmResult], cfg: CompareConfig
                 )
     if lines:
         path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+
+
+async def gather_or_cancel(coros: Sequence[Coroutine[Any, Any, None]]) -> None:
+    """Run `coros` as tasks; when one fails (or this is cancelled), cancel the others, wait for them, and raise."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

@@ -51,7 +51,7 @@ from .._ledger import DEFAULT_LEASE_S, LedgerBook, LedgerSnapshot, Refusal
 from .._shared_budget import SharedBudget
 from .._types import ChatRequest, Completion, Model, OutputSpec
 from ._arms import ArmName, CacheOnly, Role
-from ._compare import Work
+from ._compare import Work, gather_or_cancel
 from ._data import Example
 from ._report import QuestionRecord
 from ._stores import CachedModel, ResponseCache, is_deterministic, request_key
@@ -354,14 +354,7 @@ class _OnRay:
                 record, bills[ex.id] = await self._ask(arm, ex)
             save(record)
 
-        tasks = [asyncio.ensure_future(one(ex)) for ex in todo]
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        await gather_or_cancel([one(ex) for ex in todo])
         total = sum((bills[ex.id] for ex in todo), Bill())
         return replace(total, wall_time_s=time.monotonic() - started)
 
